@@ -152,8 +152,9 @@ def _scan(src: str) -> _Scan:
 
     while i < n:
         c = src[i]
-        if c == "$" and i + 1 < n and _IDENT_START.match(src[i + 1]):
-            i += 1                                  # $name -> name
+        if (c == "$" and i + 1 < n and _IDENT_START.match(src[i + 1])
+                and not (i and (src[i - 1].isalnum() or src[i - 1] == "_"))):
+            i += 1                                  # $name -> name (not a$b: that stays an error)
             continue
         if _IDENT_START.match(c):
             m = _IDENT.match(src, i)
