@@ -1,0 +1,49 @@
+# AnsFlow: `make run` serves the app with a worker; `make test` runs the whole suite.
+# Both do the whole set-up on a fresh machine with Python 3.11+ (venv, requirements, migrations).
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+FLASK := $(PY) -m flask --app wsgi
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+
+.PHONY: run test setup migrate chromium bench bench-quick clean
+
+$(STAMP): requirements.txt
+	@test -n "$(PYTHON)" || { echo "AnsFlow needs Python 3.11 or newer on PATH."; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+setup: $(STAMP) migrate
+
+migrate: $(STAMP)
+	$(FLASK) db upgrade
+
+run: setup
+	$(FLASK) seed-demo
+	$(FLASK) dev
+
+# Debian's Chromium drives the browser tests (a test tool's own browser download cannot work here).
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's chromium package for the browser tests..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "The browser tests need Chromium: run 'sudo apt-get install chromium' (or set CHROMIUM_PATH)."; exit 1; \
+		fi; \
+	fi
+
+test: setup chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+bench-quick: setup
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

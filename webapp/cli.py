@@ -1,0 +1,121 @@
+"""`flask` commands: create-user, seed-demo, worker, dev (what `make run` serves)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+from flask import Flask, current_app
+
+
+def register(app: Flask) -> None:
+    for command in (create_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd):
+        app.cli.add_command(command)
+
+
+@click.command("create-user")
+@click.argument("username")
+@click.option("--role", default="viewer", show_default=True, help="admin, maintainer, approver or viewer")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--email", default="")
+@click.option("--display-name", default="")
+def create_user_cmd(username, role, password, email, display_name):
+    """Create a user account."""
+    from .services.accounts import ValidationError, create_user
+
+    try:
+        user = create_user(username, password, role, display_name=display_name, email=email)
+    except ValidationError as e:
+        for field, message in e.fields.items():
+            click.echo(f"error: {field}: {message}", err=True)
+        raise SystemExit(2)
+    click.echo(f"Created {user.username} ({user.role}).")
+
+
+@click.command("seed-demo")
+@click.option("--force", is_flag=True, help="Seed even if demo data exists.")
+def seed_demo_cmd(force):
+    """Demo users and pipelines (once)."""
+    from .services.demo import seed
+
+    created = seed(force=force)
+    click.echo("Seeded demo data." if created else "Demo data already present.")
+
+
+@click.command("worker")
+@click.option("--queues", default="", help="Comma-separated purposes (control,notifications,steps); default all.")
+@click.option("--burst", is_flag=True, help="Quit when the queues are empty.")
+@click.option("--fork/--no-fork", default=False, show_default=True,
+              help="Fork a child per job (isolates a crashing job; about 4x slower). Steps always run in "
+                   "their own subprocess either way.")
+@click.option("--name", default=None)
+@click.option("--scheduler/--no-scheduler", default=True, show_default=True)
+def worker_cmd(queues, burst, fork, name, scheduler):
+    """Run an RQ worker with its scheduler."""
+    from rq import SimpleWorker, Worker
+    from rq.serializers import JSONSerializer
+
+    from .queues import ALL_QUEUES, get_queue, redis_conn
+    from .tasks.worker import install_worker_hooks
+
+    purposes = [q.strip() for q in queues.split(",") if q.strip()] or list(ALL_QUEUES)
+    conn = redis_conn()
+    worker_cls = Worker if fork else SimpleWorker
+    worker = worker_cls(
+        [get_queue(p, conn) for p in purposes], connection=conn, serializer=JSONSerializer, name=name,
+    )
+    install_worker_hooks(current_app._get_current_object(), worker)
+    worker.work(burst=burst, with_scheduler=scheduler, logging_level="WARNING")
+
+
+@click.command("dev")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--workers", default=1, show_default=True)
+def dev_cmd(port, workers):
+    """Serve the app with worker(s), and an embedded Redis when REDIS_URL is unset. Ctrl-C stops all."""
+    from .embedded_redis import EmbeddedRedis
+    from .config import INSTANCE
+
+    started = []
+    env = dict(os.environ)
+    redis_server = None
+    if not os.environ.get("REDIS_URL"):
+        redis_server = EmbeddedRedis(port=6390 if _port_free(6390) else None, workdir=INSTANCE / "redis").start()
+        env["REDIS_URL"] = redis_server.url
+        current_app.config["REDIS_URL"] = redis_server.url
+        click.echo(f"Embedded Redis on {redis_server.url}")
+    for i in range(workers):
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--name", f"dev-worker-{os.getpid()}-{i}"],
+            env=env, start_new_session=True,
+        ))
+    click.echo(f"\nAnsFlow is at http://127.0.0.1:{port}")
+    click.echo("Demo logins (password 'ansflow-demo'): admin, maintainer, approver1, approver2, approver3, viewer\n")
+    try:
+        from werkzeug.serving import run_simple
+
+        run_simple("127.0.0.1", port, current_app._get_current_object(), threaded=True, use_reloader=False)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in started:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if redis_server:
+            redis_server.stop()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,70 @@
+"""Settings from environment variables. Every variable is documented in README.md."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = ROOT / "instance"
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _secret_key() -> str:
+    """A stable key per checkout in development; production sets SECRET_KEY."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    INSTANCE.mkdir(exist_ok=True)
+    path = INSTANCE / "secret_key"
+    if not path.exists():
+        path.write_text(os.urandom(32).hex())
+    return path.read_text().strip()
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        # Heroku-style URLs name the old driver; we ship psycopg 3.
+        if url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url[len("postgres://"):]
+        elif url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return url
+    INSTANCE.mkdir(exist_ok=True)
+    return f"sqlite:///{INSTANCE / 'ansflow.db'}"
+
+
+class Config:
+    def __init__(self) -> None:
+        self.SECRET_KEY = _secret_key()
+        self.SQLALCHEMY_DATABASE_URI = _database_url()
+        self.REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.BASE_URL = os.environ.get("ANSFLOW_BASE_URL", "http://127.0.0.1:5000")
+        self.WORKSPACE_ROOT = os.environ.get("ANSFLOW_WORKSPACE", str(INSTANCE / "workspaces"))
+        self.QUEUE_PREFIX = os.environ.get("ANSFLOW_QUEUE_PREFIX", "ansflow")
+        self.MAX_RETRIES_CAP = int(os.environ.get("ANSFLOW_MAX_RETRIES_CAP", "10"))
+        self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))
+        self.RECONCILE_SECONDS = int(os.environ.get("ANSFLOW_RECONCILE_SECONDS", "15"))
+        self.HEARTBEAT_SECONDS = int(os.environ.get("ANSFLOW_HEARTBEAT_SECONDS", "5"))
+        # Hosts/networks that webhook targets may resolve to although private (comma separated).
+        self.NOTIFY_ALLOWLIST = [h.strip() for h in os.environ.get("ANSFLOW_NOTIFY_ALLOWLIST", "").split(",") if h.strip()]
+        self.SMTP_HOST = os.environ.get("SMTP_HOST", "127.0.0.1")
+        self.SMTP_PORT = int(os.environ.get("SMTP_PORT", "25"))
+        self.SMTP_USER = os.environ.get("SMTP_USER", "")
+        self.SMTP_PASSWORD = os.environ.get("SMTP_PASSWORD", "")
+        self.SMTP_TLS = os.environ.get("SMTP_TLS", "none")  # none | starttls | ssl
+        self.MAIL_FROM = os.environ.get("MAIL_FROM", "ansflow@localhost")
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
+        self.WTF_CSRF_TIME_LIMIT = None
+        self.TESTING = False

@@ -1,0 +1,1 @@
+"""Step runners: one module per step type, one interface (see base.py)."""

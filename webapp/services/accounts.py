@@ -1,0 +1,54 @@
+"""Accounts: creation with validation, authentication."""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import ROLES, User
+
+USERNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{2,64}$")
+MIN_PASSWORD = 8
+
+
+class ValidationError(ValueError):
+    """Bad input: `fields` maps each field to a message for the form or the JSON error."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+
+
+def validate_user(username: str, password: str, role: str, email: str = "") -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if not USERNAME_RE.match(username or ""):
+        errors["username"] = "Use 2-64 letters, digits, dots, dashes or underscores."
+    elif db.session.execute(select(User.id).filter_by(username=username)).first():
+        errors["username"] = f"The username '{username}' is taken."
+    if len(password or "") < MIN_PASSWORD:
+        errors["password"] = f"The password needs at least {MIN_PASSWORD} characters."
+    if role not in ROLES:
+        errors["role"] = f"Role must be one of: {', '.join(ROLES)}."
+    if email and not re.match(r"^[^@\s]+@[^@\s]+$", email):
+        errors["email"] = "That email address does not look right."
+    return errors
+
+
+def create_user(username: str, password: str, role: str = "viewer", display_name: str = "", email: str = "") -> User:
+    errors = validate_user(username, password, role, email)
+    if errors:
+        raise ValidationError("The user was not created.", errors)
+    user = User(username=username, role=role, display_name=display_name or username, email=email, active=True)
+    user.set_password(password)
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def authenticate(username: str, password: str) -> User | None:
+    user = db.session.execute(select(User).filter_by(username=username or "")).scalar_one_or_none()
+    if user is None or not user.active or not user.check_password(password or ""):
+        return None
+    return user

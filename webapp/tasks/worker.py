@@ -1,0 +1,17 @@
+"""Worker process set-up: fork safety and the periodic jobs."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+
+def install_worker_hooks(app: Flask, worker) -> None:
+    from ..extensions import db
+
+    def _after_fork_in_child() -> None:
+        # A forked job must not reuse the parent's pooled database connections.
+        with app.app_context():
+            db.engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_after_fork_in_child)
