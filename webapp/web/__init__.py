@@ -7,9 +7,9 @@ from flask_wtf.csrf import CSRFError
 
 
 def register(app: Flask) -> None:
-    from . import auth, pages, pipelines
+    from . import approvals, auth, dashboard, executions, notifications, pages, pipelines
 
-    for module in (auth, pages, pipelines):
+    for module in (auth, pages, pipelines, executions, approvals, notifications, dashboard):
         app.register_blueprint(module.bp)
 
     @app.context_processor

@@ -1,0 +1,4 @@
+"""Executions endpoints (/api/v1)."""
+from __future__ import annotations
+
+from . import bp  # noqa: F401
