@@ -27,7 +27,7 @@ Semantics:
   one week, when unset, so the arithmetic never overflows). ``jitter`` j spreads the
   delay to ``delay * (1 + j*u)`` with u in [-1, 1) derived from sha256(seed, attempt):
   the same snapshot always gives the same delay. Never negative, still capped; delays
-  are rounded to milliseconds.
+  are rounded to milliseconds (never above the cap).
 """
 from __future__ import annotations
 
@@ -302,4 +302,4 @@ class RetryPolicy:
         if self.jitter:
             d = d * (1.0 + self.jitter * _unit(seed, attempt))
             d = min(max(d, 0.0), cap)
-        return round(float(d), 3)
+        return min(round(float(d), 3), float(cap))   # rounding must not lift it above the cap
