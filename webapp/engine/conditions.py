@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import logging
 import re
 import threading
 import time
@@ -68,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lark
+import re2 as _re2
 from celpy import celtypes
 from celpy.celparser import CELParseError, CELParser
 from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
@@ -232,6 +234,11 @@ def translate(expression: str) -> str:
 # --------------------------------------------------------------------------- compile
 
 _parser_lock = threading.Lock()
+
+# celpy logs every activation (all context values) at DEBUG: keep it quiet unless the
+# application configured that logger on purpose.
+if logging.getLogger("celpy").level == logging.NOTSET:
+    logging.getLogger("celpy").setLevel(logging.INFO)
 _parser: CELParser | None = None
 
 _MACROS = {"map", "filter", "all", "exists", "exists_one"}
@@ -489,7 +496,28 @@ def _in(item: Any, container: Any) -> celtypes.BoolType:
     raise TypeError(f"no such overload: {_cel_type_name(item)} in {_cel_type_name(container)}")
 
 
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> Any:
+    options = _re2.Options()
+    options.log_errors = False        # no absl noise on stderr for a user's bad pattern
+    return _re2.compile(pattern, options=options)
+
+
+def _matches(text: Any, pattern: Any) -> Any:
+    """CEL ``matches`` with RE2 (linear time), a compiled-pattern cache and a clear error."""
+    if isinstance(text, CELEvalError):
+        return text
+    if not isinstance(text, str) or not isinstance(pattern, str):
+        raise TypeError(f"no such overload: matches({_cel_type_name(text)}, {_cel_type_name(pattern)})")
+    try:
+        compiled = _regex(str(pattern))
+    except Exception:
+        return CELEvalError(f"invalid regular expression {_short(str(pattern), 60)!r}", ValueError, ())
+    return celtypes.BoolType(compiled.search(str(text)) is not None)
+
+
 _FUNCTIONS = {
+    "matches": _matches,
     "_==_": _wrap_errors(lambda a, b: celtypes.BoolType(_cel_eq(a, b))),
     "_!=_": _wrap_errors(lambda a, b: celtypes.BoolType(not _cel_eq(a, b))),
     "_<_": _wrap_errors(_ordered(lambda x, y: x < y)),
@@ -652,6 +680,8 @@ def _eval_error_message(program: _Program, err: CELEvalError) -> tuple[str, int 
     cel_pos = None
     if isinstance(tree, lark.Tree) and not getattr(tree.meta, "empty", True):
         cel_pos = tree.meta.start_pos
+    elif getattr(getattr(err, "token", None), "start_pos", None) is not None:
+        cel_pos = err.token.start_pos
     if isinstance(tree, lark.Tree) and tree.data == "member_dot" and "no such member" in text:
         obj, tok = tree.children[0], tree.children[1]
         pos = program.pos(tok.start_pos)
