@@ -229,6 +229,9 @@ def test_validate_conditions(conditions, errors):
      "false: condition 2 of 2 failed: steps.test.status was 'failed', expected 'success'"),
     ("!variables.debug", True, "true: variables.debug was false (negated by !)"),
     ("has(variables.skip)", False, "false: has(variables.skip) was false"),
+    ('variables.env == "staging"\n  && true', True,
+     "true: all 2 conditions held: variables.env was 'staging'; true was true"),
+    ("type(variables) == map", True, "true: type(variables) was map"),
     ('steps.build.outputs.version.startsWith("1.")', True,
      'true: steps.build.outputs.version.startsWith("1.") was true'),
 ])
@@ -298,6 +301,9 @@ def test_non_boolean_results_and_bad_types_are_errors():
     assert_error(ev("variables.env"), "must evaluate to true or false, got string 'staging'")
     assert_error(ev("1 / 0 == 1"), "Evaluation error")
     assert_error(ev("null > 0"), "no such overload: null > int")
+    v = ev("variables.env ? 1 : 2")
+    assert_error(v, "no such overload")
+    assert "<class" not in v.error
     assert_error(evaluate_expression(None, CTX), "must be a string")  # type: ignore[arg-type]
     assert_error(evaluate_expression("", CTX), "empty")
 

@@ -264,9 +264,13 @@ class _Program:
 
     def snippet(self, tree: Any) -> str:
         meta = getattr(tree, "meta", None)
-        if meta is None or getattr(meta, "empty", True):
-            return "?"
-        return _short(self.text[meta.start_pos:meta.end_pos].strip(), 100)
+        start, end = getattr(meta, "start_pos", None), getattr(meta, "end_pos", None)
+        if start is None or end is None:
+            # celpy's lexer callback builds true/false/null tokens without positions
+            if not isinstance(tree, lark.Tree):
+                return "?"
+            return _short(" ".join(str(t) for t in tree.scan_values(lambda v: isinstance(v, lark.Token))), 100)
+        return _short(" ".join(self.text[start:end].split()), 100)
 
 
 @dataclass(frozen=True)
@@ -646,6 +650,8 @@ def _fmt(v: Any, limit: int = 80) -> str:
 
 
 def _fmt_inner(v: Any, depth: int) -> str:
+    if isinstance(v, type):
+        return _CEL_TYPE_NAMES.get(v.__name__, v.__name__)
     k = _kind(v)
     if k == "null":
         return "null"
@@ -670,6 +676,7 @@ def _fmt_inner(v: Any, depth: int) -> str:
     return str(v)
 
 
+_PY_CLASS = re.compile(r"<class '(?:[\w]+\.)*(\w+)'>")
 _OVERLOAD = re.compile(r"found no matching overload for (?:Token\('RULE', )?'(\w+)'\)? applied to "
                        r"'\(<class '([\w.]+)'>, <class '([\w.]+)'>\)'")
 
@@ -678,7 +685,7 @@ def _eval_error_message(program: _Program, err: CELEvalError) -> tuple[str, int 
     tree = getattr(err, "tree", None)
     text = str(err.args[0]) if err.args else "evaluation error"
     cel_pos = None
-    if isinstance(tree, lark.Tree) and not getattr(tree.meta, "empty", True):
+    if isinstance(tree, lark.Tree) and getattr(tree.meta, "start_pos", None) is not None:
         cel_pos = tree.meta.start_pos
     elif getattr(getattr(err, "token", None), "start_pos", None) is not None:
         cel_pos = err.token.start_pos
@@ -688,7 +695,7 @@ def _eval_error_message(program: _Program, err: CELEvalError) -> tuple[str, int 
         return f"Unknown key '{tok}' in {program.snippet(obj)} at position {pos}", pos
     if isinstance(tree, lark.Tree) and tree.data == "member_index" and text == "no such key":
         obj, index = tree.children[0], tree.children[1]
-        pos = program.pos(index.meta.start_pos if not index.meta.empty else cel_pos)
+        pos = program.pos(getattr(index.meta, "start_pos", None) or cel_pos)
         return f"Unknown key {program.snippet(index)} in {program.snippet(obj)} at position {pos}", pos
     if (isinstance(tree, lark.Tree) and tree.data == "member_dot"
             and "does not support field selection" in text):
@@ -702,6 +709,9 @@ def _eval_error_message(program: _Program, err: CELEvalError) -> tuple[str, int 
         left = _CEL_TYPE_NAMES.get(m.group(2).rsplit(".", 1)[-1], m.group(2))
         right = _CEL_TYPE_NAMES.get(m.group(3).rsplit(".", 1)[-1], m.group(3))
         text = f"no such overload: {left} {op} {right}"
+    elif "<class '" in text:      # other celpy messages name Python classes: use CEL type names
+        text = _PY_CLASS.sub(lambda c: _CEL_TYPE_NAMES.get(c.group(1), c.group(1)), text)
+        text = text.replace("found no matching overload", "no such overload")
     elif text.startswith("undeclared reference to"):
         text = text.split(" (in activation", 1)[0]
     where = f" at position {pos}" if pos is not None else ""
