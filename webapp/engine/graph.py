@@ -117,8 +117,6 @@ class _Graph:
         self.defn = defn
         self.steps: list[StepDef] = sorted(defn.steps, key=lambda s: (s.order, s.id))
         self.by_id: dict[int, StepDef] = {s.id: s for s in self.steps}
-        # position in (order, id): the tie-breaker for every deterministic listing
-        self.rank: dict[int, int] = {s.id: i for i, s in enumerate(self.steps)}
 
         group_of: dict[int, str] = {}
         members: dict[str, list[int]] = {}
@@ -136,15 +134,18 @@ class _Graph:
         implicit: set[int] = set()
         blocked: set[int] = set()  # steps with an unknown or self dependency: they can never run
         for s in self.steps:
-            if s.dependencies is None:
+            deps = s.dependencies
+            if deps is None:
                 implicit.add(s.id)
                 effective[s.id] = ()  # filled in by the stage rule below, keeping step order
             else:
-                deps = s.dependencies
                 deps = tuple(sorted(set(deps))) if len(deps) > 1 else tuple(deps)
                 effective[s.id] = deps
-                if s.id in deps or not by_id.keys() >= set(deps):
+                if s.id in deps:
                     blocked.add(s.id)
+        unknown = set().union(*effective.values()).difference(by_id)
+        if unknown:
+            blocked.update(sid for sid, deps in effective.items() if not unknown.isdisjoint(deps))
         if implicit:
             effective.update(self._stage_rule(implicit))
         self.effective = effective
@@ -172,6 +173,11 @@ class _Graph:
                 if s.id in implicit:
                     out[s.id] = group_deps[g]
         return out
+
+    @cached_property
+    def rank(self) -> dict[int, int]:
+        """Position in (order, id): the tie-breaker for every deterministic listing."""
+        return {s.id: i for i, s in enumerate(self.steps)}
 
     # ---- derived dependency views
 
@@ -443,7 +449,8 @@ def find_cycle(defn: PipelineDef) -> list[str] | None:
 
 
 def _secs(x: float) -> str:
-    return f"{round(x, 3):g}s"
+    """Seconds for a sentence: 70s, 12.5s, 3600s (never 3.6e+03s)."""
+    return f"{x:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _r(x: float) -> float:
