@@ -52,6 +52,9 @@ class Simulator:
     approval_delay: tuple[float, float] = (5.0, 600.0)
     variables: dict[str, Any] = field(default_factory=dict)
     check_determinism: bool = True
+    # how many things may happen between two plan() calls (1..batch, drawn each time): >1 models
+    # several workers finishing before the service gets to advance the execution
+    batch: int = 1
     budget: int | None = None
     execution_id: str = "exec-1"
     now: datetime = T0
@@ -281,6 +284,12 @@ class Simulator:
             if ev is None:
                 raise SimError("stuck: nothing running, nothing scheduled, and no FinishExecution")
             self._happen(ev)
+            extra = self.rng.randint(1, self.batch) - 1 if ev[2] not in ("wake", "cancel") else 0
+            for _ in range(extra):
+                ev = self._next_event()
+                if ev is None or ev[2] in ("wake", "cancel"):  # time never passes a WakeAt unplanned
+                    break
+                self._happen(ev)
         raise SimError(f"livelock: no FinishExecution after {self.budget} rounds")
 
 
