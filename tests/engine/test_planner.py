@@ -857,3 +857,81 @@ def test_simulator_detects_livelock(monkeypatch):
     monkeypatch.setattr(P, "plan", looping)
     with pytest.raises(SimError, match="livelock"):
         simulate(D(S(1)), budget=50)
+
+
+# --------------------------------------------------------------------------- context, wake-ups, groups again
+
+
+def test_expression_context_carries_only_the_named_steps_unless_the_map_is_used_whole():
+    d = D(S(1, name="build"), S(2, name="lint"), S(3, [1, 2], name="x", conditions={
+        "type": "expression", "expression": 'steps.build.status == "success" && steps["lint"].exit_code == 0'}),
+        S(4, [1, 2], conditions={"type": "expression", "expression": "size(steps) == 6"}),
+        S(5, [1, 2], conditions={"type": "expression", "expression": 'steps.exists(k, k == "lint")'}),
+        S(6, [1, 2], conditions={"type": "expression", "expression": "steps.nosuch.status == 1"}))
+    c = P._compiled(d)
+    assert c.expr_refs == {3: (1, 2), 4: None, 5: None, 6: ()}
+    ds = plan(mk(d, {1: "success", 2: {"status": "success", "exit_code": 0}}), T)
+    assert brief(ds)[:3] == [("Enqueue", 3), ("Enqueue", 4), ("Enqueue", 5)]
+    assert isinstance(ds[3], Skip) and ds[3].reason.startswith(P.COND_ERROR_PREFIX)
+    assert "nosuch" in ds[3].reason
+
+
+def test_expression_sees_statuses_decided_earlier_in_the_same_call():
+    d = D(S(1), S(2, [1], name="b"), S(3, [2], conditions={
+        "type": "expression", "expression": 'steps.b.status == "skipped"'}))
+    ds = plan(mk(d, {1: "failed"}), T)
+    assert brief(ds) == [("Skip", 2, True), ("Enqueue", 3)]
+
+
+def test_wake_at_is_the_earliest_moment():
+    pol = {"max_retries": 1, "delay_seconds": 100, "retry_on": ["any"]}
+    d = D(S(1, retry_policy=pol), S(2, retry_policy=pol), S(10, parallel_group="g"),
+          S(11, parallel_group="g"), groups=[GroupDef("g", timeout_seconds=50)])
+    states = {1: ["failed", {"status": "retry_scheduled", "scheduled_for": T + timedelta(seconds=300)}],
+              2: ["failed", {"status": "retry_scheduled", "scheduled_for": T + timedelta(seconds=200)}],
+              10: "running", 11: "running"}
+    ds = plan(mk(d, states), T + timedelta(seconds=10))
+    assert ds == [WakeAt(T + timedelta(seconds=50), "group g times out")]
+    ds = plan(mk(d, {**states, 10: "success", 11: "success"}), T + timedelta(seconds=10))
+    assert ds == [FinishGroup("g", "success", "wait_all: no member failed"),
+                  WakeAt(T + timedelta(seconds=200), "retry of s2 due")]
+
+
+def test_finish_group_is_repeated_while_decided_and_is_not_actionable():
+    """The planner is stateless: FinishGroup comes with every plan() in which the group is
+    decided; the service keeps the first. The "plan again" loop ignores it."""
+    d = _group_def("wait_all", after=False)
+    d = D(*d.steps, S(30), groups=d.groups)
+    snap = mk(d, {1: "success", 10: "success", 11: "success", 12: "success", 30: "running"})
+    ds = plan(snap, T)
+    assert ds == [FinishGroup("g", "success", "wait_all: no member failed")]
+    assert plan(snap, T + timedelta(hours=1)) == ds and actionable(ds) == []
+
+
+def test_decided_group_members_do_not_retry():
+    pol = {"max_retries": 3, "delay_seconds": 1, "retry_on": ["any"]}
+    d = D(S(10, [], parallel_group="g", retry_policy=pol), S(11, [], parallel_group="g"),
+          groups=[GroupDef("g", sync_policy="wait_any")])
+    ds = plan(mk(d, {10: "failed", 11: "success"}), T)
+    assert brief(ds) == [("FinishGroup", "g", "success"), ("FinishExecution", "success")]
+
+
+def test_zero_delay_retry_is_enqueued_by_the_next_call():
+    pol = {"max_retries": 1, "delay_seconds": 0, "retry_on": ["any"]}
+    d = D(S(1, retry_policy=pol))
+    ds = plan(mk(d, {1: "failed"}), T)
+    assert brief(ds) == [("ScheduleRetry", 1, 1)] and ds[0].run_at == T
+    nxt = mk(d, {1: ["failed", {"status": "retry_scheduled", "scheduled_for": T}]})
+    assert plan(nxt, T) == [Enqueue(1, aid(1, 1))]
+
+
+def test_cancel_during_a_group_and_a_pending_retry():
+    pol = {"max_retries": 3, "delay_seconds": 60, "retry_on": ["any"]}
+    d = D(S(1, retry_policy=pol), S(10, parallel_group="g"), S(11, parallel_group="g"),
+          S(20, [10], conditions={"type": "always"}), groups=[GroupDef("g", sync_policy="wait_all")])
+    snap = mk(d, {1: ["failed", {"status": "retry_scheduled", "scheduled_for": T + timedelta(60)}],
+                  10: "running", 11: "success"}, cancel_requested=True)
+    ds = plan(snap, T)
+    assert brief(ds) == [("Cancel", 1, "cancelled"), ("Cancel", 10, "cancelled"), ("Enqueue", 20),
+                         ("FinishGroup", "g", "cancelled")]
+    assert ds[0].attempt_id == aid(1, 1)

@@ -48,6 +48,23 @@ choices this module makes where the contract leaves room are:
   retry_step does not), so retry_step gives the step a fresh budget. The service must store
   ScheduleRetry.run_at in the new attempt's ``scheduled_for``. Failures of kind rejected,
   approval_timeout and cancelled never retry.
+* **Approvals**: a step with ``approval_required`` (or of type ``approval``) waits in
+  waiting_approval until ``snapshot.approvals[step] == "approved"``; its retries do not ask
+  again. Rejections and approval timeouts are applied by the approvals service (the attempt
+  fails with failure "rejected"/"approval_timeout", which never retries).
+* **Cancel**: every non-terminal step whose rule is not ``always`` gets Cancel (queued and
+  running ones too: the service kills them), no retries are scheduled, ``always`` steps still
+  run when their dependencies are terminal, and the execution ends ``cancelled``.
+* **Condition context**: only expressions read it; an expression gets the ``steps`` entries
+  it names (``steps.NAME``, ``steps["NAME"]``), or the whole map when it uses ``steps`` any
+  other way, because the evaluator converts the whole context on every call. ``previous``
+  is the dependency with the highest (order, id). ``depends_on`` ids that are not
+  dependencies are waited for too when they come earlier in topological order (else they
+  are ignored, which keeps the wait graph acyclic).
+* **Cost**: O(steps + edges + attempts) per call. Everything that depends only on the
+  definition (effective/barrier dependencies, order, groups, rules, parsed retry policies)
+  is built once and cached by ``id(definition)`` in a bounded LRU that keeps a reference to
+  the definition.
 * **Deadlock guard**: if nothing can ever move (no actionable decision, nothing queued,
   running, waiting or scheduled, some step still pending: only possible for a definition
   that validate() rejects), the pending steps are cancelled and the execution fails.
