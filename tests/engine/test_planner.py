@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -734,10 +734,6 @@ def _settled_at(sim: Simulator, sid: int, seq: int) -> bool:
         return False
     return not any(e.seq > seq and e.step_id == sid and e.kind in ("enqueue", "schedule_retry")
                    for e in sim.log)
-
-
-def _member_outcome(sim: Simulator, defn: PipelineDef, sid: int) -> str:
-    return step_outcomes(sim.snapshot())[sid]
 
 
 def _expected_status(sim: Simulator, defn: PipelineDef) -> str:
