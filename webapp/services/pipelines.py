@@ -13,19 +13,21 @@ nothing when anything is wrong.
 """
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from typing import Any
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import selectinload
 
 from ..engine import graph
 from ..engine.conditions import validate_conditions
 from ..engine.retry import validate_policy
 from ..engine.types import GroupDef, PipelineDef, StepDef
 from ..extensions import db
-from ..models import ParallelGroup, Pipeline, PipelineStep, User
+from ..models import ParallelGroup, Pipeline, PipelineStep, PipelineToolMapping, User, WorkflowExecution
 from ..models.pipeline import STEP_TYPES, SYNC_POLICIES
 from ..runners.params import validate_parameters
 from .accounts import ValidationError
@@ -35,6 +37,9 @@ STEP_FIELDS = {
     "approval", "retry_policy", "notification_config", "timeout_seconds", "continue_on_failure",
     "estimated_duration", "description",
 }
+# Graph problems that do not block a save: an empty parallel group is harmless (nothing waits for
+# it) and the editor creates a group before its members are moved in. Analysis still lists it.
+WARNING_CODES = frozenset({"empty_group"})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,119}$")
 
 
@@ -94,7 +99,10 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
     if not isinstance(steps, list):
         errors["steps"] = "steps must be a list."
         steps = []
-    group_ids = set()
+    group_ids: set[str] = set()
+    group_names: set[str] = set()
+    if data.get("notification_config") is not None and not isinstance(data.get("notification_config"), dict):
+        errors["notification_config"] = "notification_config must be a mapping (a JSON object)."
     for i, g in enumerate(groups):
         p = f"groups[{i}]"
         if not isinstance(g, dict) or not isinstance(g.get("id"), str) or not re.match(r"^[A-Za-z0-9_\-]{1,64}$", g.get("id", "")):
@@ -103,6 +111,13 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
         if g["id"] in group_ids:
             errors[f"{p}.id"] = f"Duplicate group id '{g['id']}'."
         group_ids.add(g["id"])
+        gname = g.get("name", g["id"])
+        if not isinstance(gname, str) or not gname.strip() or len(gname) > 120:
+            errors[f"{p}.name"] = "A parallel group needs a name (at most 120 characters)."
+        elif gname.strip() in group_names:
+            errors[f"{p}.name"] = f"Another parallel group is already named '{gname.strip()}'."
+        else:
+            group_names.add(gname.strip())
         if g.get("sync_policy", "wait_all") not in SYNC_POLICIES:
             errors[f"{p}.sync_policy"] = f"sync_policy must be one of {', '.join(SYNC_POLICIES)}."
         _int_or_none(g.get("timeout_seconds"), f"{p}.timeout_seconds", errors, 1)
@@ -155,6 +170,8 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
             errors[f"{p}.estimated_duration"] = "estimated_duration must be a number of seconds >= 0."
     if not errors:
         for problem in graph.validate(to_pipeline_def_from_data(data)):
+            if problem.code in WARNING_CODES:
+                continue
             where = f"steps[{names.index(problem.step_name)}]" if problem.step_name in names else "steps"
             if problem.group_id:
                 where = "groups"
@@ -213,8 +230,11 @@ def _approval_fields(approval: Any, step_type: str) -> dict:
     }
 
 
-def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | None = None) -> Pipeline:
-    """Create or replace a pipeline's definition in one transaction. Steps keep their ids by name."""
+def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | None = None,
+                    renames: dict[str, str] | None = None) -> Pipeline:
+    """Create or replace a pipeline's definition in one transaction. Steps keep their ids by name
+    (`renames` maps a new step name to the old one, so a renamed step keeps its id too); groups
+    keep theirs by local id, then by name."""
     errors = validate_definition(data, existing=pipeline)
     if errors:
         raise ValidationError("The pipeline was not saved: fix the fields below.", errors)
@@ -230,12 +250,15 @@ def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | 
     pipeline.notification_config = data.get("notification_config")
     pipeline.allow_self_approval = bool(data.get("allow_self_approval", False))
 
-    existing_groups = {g.name: g for g in pipeline.groups} if not is_new else {}
+    by_local = {_local_group_id(g): g for g in pipeline.groups} if not is_new else {}
+    wanted_local = {g["id"] for g in data.get("groups") or []}
+    by_gname = {g.name: g for g in pipeline.groups if _local_group_id(g) not in wanted_local} if not is_new else {}
     groups_by_key: dict[str, ParallelGroup] = {}
-    keep_groups = []
+    keep_groups: list[ParallelGroup] = []
     for g in data.get("groups") or []:
-        group = existing_groups.get(g.get("name", g["id"])) or next(
-            (x for x in pipeline.groups if x.id.endswith(f"-{g['id']}") or x.id == g["id"]), None)
+        group = by_local.get(g["id"]) or by_gname.pop(g.get("name", g["id"]), None)
+        if group is not None and group in keep_groups:
+            group = None
         if group is None:
             group = ParallelGroup(id=_group_key(g["id"]))
             pipeline.groups.append(group)
@@ -250,9 +273,10 @@ def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | 
             pipeline.groups.remove(group)
 
     by_name = {s.name: s for s in pipeline.steps} if not is_new else {}
+    renames = renames or {}
     new_steps: list[PipelineStep] = []
     for i, s in enumerate(data.get("steps") or []):
-        step = by_name.pop(s["name"], None) or PipelineStep()
+        step = by_name.pop(renames.get(s["name"], s["name"]), None) or by_name.pop(s["name"], None) or PipelineStep()
         if step.id is None:
             pipeline.steps.append(step)
         st = _step_type(s)
@@ -323,6 +347,8 @@ def export_definition(pipeline: Pipeline) -> dict:
             item["estimated_duration"] = s.estimated_duration
         steps.append(item)
     out: dict[str, Any] = {"name": pipeline.name, "description": pipeline.description or ""}
+    if not pipeline.active:
+        out["active"] = False
     if pipeline.notification_config:
         out["notification_config"] = pipeline.notification_config
     if pipeline.allow_self_approval:
@@ -391,10 +417,483 @@ def get_pipeline(pipeline_id: int) -> Pipeline | None:
     return db.session.get(Pipeline, pipeline_id)
 
 
-def list_pipelines() -> list[Pipeline]:
-    return list(db.session.execute(select(Pipeline).order_by(Pipeline.name)).scalars())
+def list_pipelines(search: str | None = None, active: bool | None = None) -> list[Pipeline]:
+    """Pipelines by name; `search` matches name or description (case-insensitive), `active` filters."""
+    q = select(Pipeline).options(selectinload(Pipeline.steps), selectinload(Pipeline.owner)).order_by(Pipeline.name)
+    if search and search.strip():
+        like = f"%{_escape_like(search.strip().lower())}%"
+        q = q.where(or_(func.lower(Pipeline.name).like(like, escape="\\"),
+                        func.lower(Pipeline.description).like(like, escape="\\")))
+    if active is not None:
+        q = q.where(Pipeline.active.is_(active))
+    return list(db.session.execute(q).scalars())
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def latest_executions(pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """pipeline id -> {status, execution_id, created_at} of its latest execution, in one query."""
+    if not pipeline_ids:
+        return {}
+    latest = (select(func.max(WorkflowExecution.id))
+              .where(WorkflowExecution.pipeline_id.in_(pipeline_ids))
+              .group_by(WorkflowExecution.pipeline_id))
+    rows = db.session.execute(
+        select(WorkflowExecution.pipeline_id, WorkflowExecution.status, WorkflowExecution.execution_id,
+               WorkflowExecution.created_at)
+        .where(WorkflowExecution.id.in_(latest))
+    )
+    return {pid: {"status": st, "execution_id": eid, "created_at": at} for pid, st, eid, at in rows}
 
 
 def delete_pipeline(pipeline: Pipeline) -> None:
     db.session.delete(pipeline)
+    db.session.commit()
+
+
+# --------------------------------------------------------------------------- editing, piece by piece
+#
+# Every edit below changes one part of the exported definition and saves the WHOLE definition
+# through save_definition, so one validation covers the graph, conditions, retry policies and
+# parameters of every step, and a refused edit writes nothing.
+
+REFUSED = "Nothing was saved: fix the fields below."
+
+
+class StaleVersion(ValidationError):
+    """The pipeline changed since the form was opened."""
+
+
+def _check_version(pipeline: Pipeline, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version != pipeline.version:
+        raise StaleVersion(
+            f"Someone saved this pipeline while you were editing (it is now v{pipeline.version}, "
+            f"you started from v{expected_version}). Review the current definition and save again.",
+            {"version": f"now v{pipeline.version}"})
+
+
+def _definition(pipeline: Pipeline) -> dict:
+    # a deep copy: the exported dict shares JSON values with the ORM rows
+    return copy.deepcopy(export_definition(pipeline))
+
+
+def _join(out: dict[str, str], key: str, message: str) -> None:
+    out[key] = f"{out[key]} {message}" if key in out and message not in out[key] else message
+
+
+_WHOLE_STEP = re.compile(r"^steps\[(\d+)\]$")
+
+
+def _errors_for_step(errors: dict[str, str], idx: int) -> dict[str, str]:
+    """Definition-wide errors as the fields of one step's form ("steps[3].retry_policy.jitter" ->
+    "retry_policy.jitter"). Graph problems (a cycle, a dependency on a sibling) go on depends_on,
+    group problems on parallel_group, anything else on "form"."""
+    prefix = f"steps[{idx}]"
+    out: dict[str, str] = {}
+    for key, message in errors.items():
+        if key.startswith(prefix + "."):
+            _join(out, key[len(prefix) + 1:], message)
+        elif key == prefix or _WHOLE_STEP.match(key) or key == "steps":
+            _join(out, "depends_on", message)
+        elif key.startswith("groups"):
+            _join(out, "parallel_group", message)
+        else:
+            _join(out, "form", message)
+    return out
+
+
+def _errors_for_group(errors: dict[str, str], idx: int) -> dict[str, str]:
+    prefix = f"groups[{idx}]"
+    out: dict[str, str] = {}
+    for key, message in errors.items():
+        if key.startswith(prefix + "."):
+            _join(out, key[len(prefix) + 1:], message)
+        elif key == prefix:
+            _join(out, "id", message)
+        elif key.startswith("steps") or key == "groups":
+            _join(out, "members", message)
+        else:
+            _join(out, "form", message)
+    return out
+
+
+def _save(pipeline: Pipeline, defn: dict, errors_as, renames: dict[str, str] | None = None) -> Pipeline:
+    errors = validate_definition(defn, existing=pipeline)
+    if errors:
+        raise ValidationError(REFUSED, errors_as(errors))
+    return save_definition(defn, pipeline=pipeline, renames=renames)
+
+
+def step_by_id(pipeline: Pipeline, step_id: int) -> PipelineStep | None:
+    return next((s for s in pipeline.steps if s.id == step_id), None)
+
+
+def group_by_id(pipeline: Pipeline, group_id: str) -> ParallelGroup | None:
+    return next((g for g in pipeline.groups if g.id == group_id), None)
+
+
+def local_group_id(group: ParallelGroup) -> str:
+    """The group's id inside its definition (the YAML `groups[].id`)."""
+    return _local_group_id(group)
+
+
+def _rename_refs(defn: dict, old: str, new: str | None) -> list[str]:
+    """Point depends_on / conditions.depends_on from `old` to `new` (None: drop). Names touched."""
+    touched = []
+    for s in defn["steps"]:
+        deps = s.get("depends_on")
+        if deps and old in deps:
+            s["depends_on"] = [new if d == old else d for d in deps if new is not None or d != old]
+            touched.append(s["name"])
+        cond = s.get("conditions")
+        if isinstance(cond, dict) and cond.get("depends_on") and old in cond["depends_on"]:
+            kept = [new if d == old else d for d in cond["depends_on"] if new is not None or d != old]
+            if kept:
+                cond["depends_on"] = kept
+            else:
+                cond.pop("depends_on")
+            if s["name"] not in touched:
+                touched.append(s["name"])
+    return touched
+
+
+def save_step(pipeline: Pipeline, changes: dict[str, Any], step_id: int | None = None,
+              expected_version: int | None = None) -> PipelineStep:
+    """Add a step (step_id None, placed last) or change one, as definition fields (names, not ids).
+
+    Keys of `changes` replace the step's; a None value clears that field (depends_on None: the
+    stage rule). When the type stays the same, `parameters` are merged into the old ones (so a
+    form that shows some parameters keeps the others); `conditions` without a depends_on key keep
+    the old one. Raises ValidationError with the step's form fields, and saves nothing, when the
+    resulting definition is invalid in any way."""
+    _check_version(pipeline, expected_version)
+    defn = _definition(pipeline)
+    steps = defn["steps"]
+    renames: dict[str, str] = {}
+    if step_id is None:
+        old: dict[str, Any] = {"order": max((s.get("order", 0) for s in steps), default=0) + 1}
+        idx = len(steps)
+        steps.append(old)
+    else:
+        step = step_by_id(pipeline, step_id)
+        if step is None:
+            raise LookupError(f"step {step_id} is not a step of pipeline {pipeline.id}")
+        idx = next(i for i, s in enumerate(steps) if s["name"] == step.name)
+        old = steps[idx]
+    new = {**old, **changes}
+    old_type = old.get("type")
+    if old_type is not None and new.get("type") == old_type and "parameters" in changes:
+        new["parameters"] = {**(old.get("parameters") or {}), **(changes["parameters"] or {})}
+    if isinstance(new.get("parameters"), dict):
+        new["parameters"] = {k: v for k, v in new["parameters"].items() if v is not None}
+    cond = changes.get("conditions")
+    if isinstance(cond, dict) and "depends_on" not in cond and isinstance(old.get("conditions"), dict) \
+            and old["conditions"].get("depends_on"):
+        new["conditions"] = {**cond, "depends_on": old["conditions"]["depends_on"]}
+    new = {k: v for k, v in new.items() if v is not None}
+    steps[idx] = new
+    if step_id is not None and isinstance(new.get("name"), str) and new["name"] != old["name"]:
+        renames[new["name"]] = old["name"]
+        _rename_refs(defn, old["name"], new["name"])
+    saved = _save(pipeline, defn, lambda e: _errors_for_step(e, idx), renames)
+    return next(s for s in saved.steps if s.name == new["name"])
+
+
+def delete_step(pipeline: Pipeline, step_id: int, expected_version: int | None = None) -> list[str]:
+    """Remove a step; steps that named it as a dependency lose that dependency. Returns their names."""
+    _check_version(pipeline, expected_version)
+    step = step_by_id(pipeline, step_id)
+    if step is None:
+        raise LookupError(f"step {step_id} is not a step of pipeline {pipeline.id}")
+    defn = _definition(pipeline)
+    defn["steps"] = [s for s in defn["steps"] if s["name"] != step.name]
+    touched = _rename_refs(defn, step.name, None)
+
+    def as_form(errors):
+        return {"form": " ".join(errors.values())}
+    _save(pipeline, defn, as_form)
+    return touched
+
+
+def move_step(pipeline: Pipeline, step_id: int, offset: int, expected_version: int | None = None) -> None:
+    """Move a step up (-1) or down (+1) in the order; orders are renumbered 1..n."""
+    _check_version(pipeline, expected_version)
+    step = step_by_id(pipeline, step_id)
+    if step is None:
+        raise LookupError(f"step {step_id} is not a step of pipeline {pipeline.id}")
+    defn = _definition(pipeline)
+    steps = defn["steps"]
+    i = next(k for k, s in enumerate(steps) if s["name"] == step.name)
+    j = max(0, min(len(steps) - 1, i + offset))
+    if i == j:
+        return
+    steps.insert(j, steps.pop(i))
+    for k, s in enumerate(steps):
+        s["order"] = k + 1
+    _save(pipeline, defn, lambda e: {"form": " ".join(e.values())})
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_\-]+", "-", text.strip()).strip("-").lower()[:40]
+    return slug or "group"
+
+
+def save_group(pipeline: Pipeline, data: dict[str, Any], group_id: str | None = None,
+               members: list[int] | None = None, expected_version: int | None = None) -> ParallelGroup:
+    """Create (group_id None) or change a parallel group: name, description, sync_policy,
+    timeout_seconds; `members` (step ids), when given, become exactly the group's steps.
+    data["id"] sets the local id of a new group (default: from the name)."""
+    _check_version(pipeline, expected_version)
+    defn = _definition(pipeline)
+    groups = defn.setdefault("groups", [])
+    if group_id is None:
+        taken = {g["id"] for g in groups}
+        local = data.get("id") or _slug(str(data.get("name") or ""))
+        if not data.get("id"):
+            base, n = local, 2
+            while local in taken:
+                local, n = f"{base}-{n}", n + 1
+        entry: dict[str, Any] = {"id": local}
+        idx = len(groups)
+        groups.append(entry)
+    else:
+        group = group_by_id(pipeline, group_id)
+        if group is None:
+            raise LookupError(f"parallel group {group_id} is not in pipeline {pipeline.id}")
+        local = _local_group_id(group)
+        idx = next(i for i, g in enumerate(groups) if g["id"] == local)
+        entry = groups[idx]
+    for key in ("name", "description", "sync_policy", "timeout_seconds"):
+        if key in data:
+            if data[key] is None or (key == "description" and data[key] == ""):
+                entry.pop(key, None)
+            else:
+                entry[key] = data[key]
+    entry.setdefault("name", local)
+    if members is not None:
+        by_id = {s.id: s.name for s in pipeline.steps}
+        unknown = [m for m in members if m not in by_id]
+        if unknown:
+            raise ValidationError(REFUSED, {"members": f"Step id(s) {', '.join(map(str, unknown))} are not steps of this pipeline."})
+        names = {by_id[m] for m in members}
+        for s in defn["steps"]:
+            if s["name"] in names:
+                s["parallel_group"] = local
+            elif s.get("parallel_group") == local:
+                s.pop("parallel_group")
+    saved = _save(pipeline, defn, lambda e: _errors_for_group(e, idx))
+    return next(g for g in saved.groups if _local_group_id(g) == local)
+
+
+def get_group(group_id: str) -> ParallelGroup | None:
+    return db.session.get(ParallelGroup, group_id)
+
+
+def list_groups(pipeline_id: int | None = None) -> list[ParallelGroup]:
+    q = select(ParallelGroup).order_by(ParallelGroup.pipeline_id, ParallelGroup.id)
+    if pipeline_id is not None:
+        q = q.where(ParallelGroup.pipeline_id == pipeline_id)
+    return list(db.session.execute(q).scalars())
+
+
+def group_member_ids(group: ParallelGroup) -> list[int]:
+    return [s.id for s in group.pipeline.steps if s.parallel_group == group.id]
+
+
+def delete_group(pipeline: Pipeline, group_id: str, expected_version: int | None = None) -> list[str]:
+    """Remove a parallel group; its members stay, outside any group. Returns their names."""
+    _check_version(pipeline, expected_version)
+    group = group_by_id(pipeline, group_id)
+    if group is None:
+        raise LookupError(f"parallel group {group_id} is not in pipeline {pipeline.id}")
+    local = _local_group_id(group)
+    defn = _definition(pipeline)
+    defn["groups"] = [g for g in defn.get("groups") or [] if g["id"] != local]
+    freed = []
+    for s in defn["steps"]:
+        if s.get("parallel_group") == local:
+            s.pop("parallel_group")
+            freed.append(s["name"])
+    _save(pipeline, defn, lambda e: {"form": " ".join(e.values())})
+    return freed
+
+
+SETTINGS_FIELDS = ("name", "description", "active", "allow_self_approval", "notification_config")
+
+
+def update_settings(pipeline: Pipeline, data: dict[str, Any], expected_version: int | None = None) -> Pipeline:
+    """Change the pipeline-level fields (SETTINGS_FIELDS) keeping its steps and groups."""
+    _check_version(pipeline, expected_version)
+    defn = _definition(pipeline)
+    for key in SETTINGS_FIELDS:
+        if key in data:
+            defn[key] = data[key]
+    return _save(pipeline, defn, lambda e: {k if k in SETTINGS_FIELDS else "form": v for k, v in e.items()})
+
+
+def create_pipeline(name: str, description: str = "", owner: User | None = None) -> Pipeline:
+    return save_definition({"name": name, "description": description, "steps": []}, owner=owner)
+
+
+def import_yaml(text: str, pipeline: Pipeline | None = None, owner: User | None = None,
+                expected_version: int | None = None) -> Pipeline:
+    """A new pipeline from YAML, or (pipeline given) its definition replaced by the YAML."""
+    if pipeline is not None:
+        _check_version(pipeline, expected_version)
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError("Paste a pipeline definition or choose a YAML file.", {"yaml": "empty"})
+    data = from_yaml(text)
+    return save_definition(data, owner=owner, pipeline=pipeline)
+
+
+# --------------------------------------------------------------------------- AnsFlow advanced config
+
+ADVANCED_FIELDS = ("conditions", "approval_required", "approval_users", "approval_config", "retry_policy",
+                   "timeout_seconds", "continue_on_failure", "parallel_group", "dependencies")
+_API_FIELD = {"depends_on": "dependencies", "approval": "approval_config", "approval.users": "approval_users"}
+
+
+def _api_field(key: str) -> str:
+    if key in _API_FIELD:
+        return _API_FIELD[key]
+    if key.startswith("approval."):
+        return "approval_config." + key[len("approval."):]
+    return key
+
+
+def update_advanced_config(pipeline: Pipeline, step: PipelineStep, body: dict[str, Any]) -> PipelineStep:
+    """AnsFlow's PUT .../steps/{step_id}/advanced-config/: ids instead of names, keys as in AnsFlow.
+    Only the keys present change. Errors come back under the body's keys."""
+    unknown = sorted(set(body) - set(ADVANCED_FIELDS))
+    if unknown:
+        raise ValidationError(REFUSED, {k: f"unknown field: use {', '.join(ADVANCED_FIELDS)}" for k in unknown})
+    names = {s.id: s.name for s in pipeline.steps}
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+
+    def ids_to_names(value, field):
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            errors[field] = "must be a list of step ids (integers) or null"
+            return None
+        bad = [v for v in value if v not in names]
+        if bad:
+            errors[field] = f"step id(s) {', '.join(map(str, bad))} are not steps of this pipeline"
+            return None
+        return [names[v] for v in value]
+
+    if "dependencies" in body:
+        changes["depends_on"] = ids_to_names(body["dependencies"], "dependencies")
+    if "parallel_group" in body:
+        pg = body["parallel_group"]
+        if pg in (None, ""):
+            changes["parallel_group"] = None
+        else:
+            group = next((g for g in pipeline.groups if pg in (g.id, _local_group_id(g))), None)
+            if group is None:
+                errors["parallel_group"] = f"'{pg}' is not a parallel group of this pipeline"
+            else:
+                changes["parallel_group"] = _local_group_id(group)
+    if "conditions" in body:
+        cond = body["conditions"]
+        if cond is None or cond == {}:
+            changes["conditions"] = None
+        elif not isinstance(cond, dict):
+            errors["conditions"] = "conditions must be an object with type, expression and depends_on"
+        else:
+            cond = dict(cond)
+            if cond.get("depends_on") is not None:
+                mapped = ids_to_names(cond["depends_on"], "conditions.depends_on")
+                if mapped:
+                    cond["depends_on"] = mapped
+                else:
+                    cond.pop("depends_on")
+            changes["conditions"] = {k: v for k, v in cond.items() if v is not None}
+    if any(k in body for k in ("approval_required", "approval_users", "approval_config")):
+        required = body.get("approval_required", step.approval_required)
+        cfg = body.get("approval_config", step.approval_config) or {}
+        users = body.get("approval_users", step.approval_users) or []
+        if not isinstance(cfg, dict):
+            errors["approval_config"] = "approval_config must be an object"
+        elif required or step.step_type == "approval":
+            changes["approval"] = {"users": users, **{k: v for k, v in cfg.items() if v is not None and k != "users"}}
+        else:
+            changes["approval"] = None
+    for key in ("retry_policy", "timeout_seconds"):
+        if key in body:
+            changes[key] = body[key] if body[key] not in ({}, "") else None
+    if "continue_on_failure" in body:
+        if not isinstance(body["continue_on_failure"], bool):
+            errors["continue_on_failure"] = "continue_on_failure must be true or false"
+        else:
+            changes["continue_on_failure"] = body["continue_on_failure"] or None
+    if errors:
+        raise ValidationError(REFUSED, errors)
+    try:
+        return save_step(pipeline, changes, step.id)
+    except ValidationError as e:
+        raise ValidationError(e.message, {_api_field(k): v for k, v in e.fields.items()}) from None
+
+
+# --------------------------------------------------------------------------- tool mappings
+
+MAPPING_FIELDS = ("pipeline", "tool_name", "tool_type", "tool_url", "external_job_name", "active")
+
+
+def list_mappings(pipeline_id: int | None = None) -> list[PipelineToolMapping]:
+    q = select(PipelineToolMapping).order_by(PipelineToolMapping.id)
+    if pipeline_id is not None:
+        q = q.where(PipelineToolMapping.pipeline_id == pipeline_id)
+    return list(db.session.execute(q).scalars())
+
+
+def get_mapping(mapping_id: int) -> PipelineToolMapping | None:
+    return db.session.get(PipelineToolMapping, mapping_id)
+
+
+def save_mapping(data: dict[str, Any], mapping: PipelineToolMapping | None = None) -> PipelineToolMapping:
+    """Create or (partially) update a PipelineToolMapping after validating every field."""
+    errors: dict[str, str] = {}
+    for key in sorted(set(data) - set(MAPPING_FIELDS)):
+        errors[key] = f"unknown field: use {', '.join(MAPPING_FIELDS)}"
+    values = {k: getattr(mapping, k) for k in MAPPING_FIELDS[1:]} if mapping else {
+        "tool_name": None, "tool_type": "jenkins", "tool_url": "", "external_job_name": "", "active": True}
+    values.update({k: v for k, v in data.items() if k in MAPPING_FIELDS[1:]})
+    pipeline_id = data.get("pipeline", mapping.pipeline_id if mapping else None)
+    if isinstance(pipeline_id, bool) or not isinstance(pipeline_id, int) or get_pipeline(pipeline_id) is None:
+        errors["pipeline"] = "pipeline must be the id of an existing pipeline"
+    name = values["tool_name"]
+    if not isinstance(name, str) or not name.strip() or len(name) > 120:
+        errors["tool_name"] = "tool_name is required (at most 120 characters)"
+    if not isinstance(values["tool_type"], str) or not re.fullmatch(r"[a-z0-9_\-]{1,40}", values["tool_type"] or ""):
+        errors["tool_type"] = "tool_type is a short lower-case name such as jenkins or gitlab_ci"
+    url = values["tool_url"]
+    if url is None:
+        values["tool_url"] = url = ""
+    if not isinstance(url, str) or len(url) > 500 or (url and not re.match(r"^https?://[^\s/]+", url)):
+        errors["tool_url"] = "tool_url must be an http:// or https:// URL (or empty)"
+    job = values["external_job_name"]
+    if job is None:
+        values["external_job_name"] = job = ""
+    if not isinstance(job, str) or len(job) > 200:
+        errors["external_job_name"] = "external_job_name must be text of at most 200 characters"
+    if not isinstance(values["active"], bool):
+        errors["active"] = "active must be true or false"
+    if errors:
+        raise ValidationError("The mapping was not saved: fix the fields below.", errors)
+    if mapping is None:
+        mapping = PipelineToolMapping()
+        db.session.add(mapping)
+    mapping.pipeline_id = pipeline_id
+    for key in MAPPING_FIELDS[1:]:
+        setattr(mapping, key, values[key].strip() if key == "tool_name" else values[key])
+    db.session.commit()
+    return mapping
+
+
+def delete_mapping(mapping: PipelineToolMapping) -> None:
+    db.session.delete(mapping)
     db.session.commit()
