@@ -173,7 +173,7 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
             if problem.code in WARNING_CODES:
                 continue
             where = f"steps[{names.index(problem.step_name)}]" if problem.step_name in names else "steps"
-            if problem.group_id:
+            if problem.group_id and problem.step_name is None:
                 where = "groups"
             errors.setdefault(where, problem.message)
     return errors
@@ -766,11 +766,9 @@ def _api_field(key: str) -> str:
 def update_advanced_config(pipeline: Pipeline, step: PipelineStep, body: dict[str, Any]) -> PipelineStep:
     """AnsFlow's PUT .../steps/{step_id}/advanced-config/: ids instead of names, keys as in AnsFlow.
     Only the keys present change. Errors come back under the body's keys."""
-    unknown = sorted(set(body) - set(ADVANCED_FIELDS))
-    if unknown:
-        raise ValidationError(REFUSED, {k: f"unknown field: use {', '.join(ADVANCED_FIELDS)}" for k in unknown})
     names = {s.id: s.name for s in pipeline.steps}
-    errors: dict[str, str] = {}
+    errors: dict[str, str] = {k: f"unknown field: use {', '.join(ADVANCED_FIELDS)}"
+                              for k in sorted(set(body) - set(ADVANCED_FIELDS))}
     changes: dict[str, Any] = {}
 
     def ids_to_names(value, field):

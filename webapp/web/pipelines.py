@@ -6,6 +6,7 @@ saves nothing when anything is wrong; the forms here only turn fields into defin
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, request, url_for
@@ -389,9 +390,16 @@ def _step_def(p, step) -> dict[str, Any] | None:
     return next(s for s in svc.export_definition(p)["steps"] if s["name"] == step.name)
 
 
+_VARIABLE_REF = re.compile(r"\$?variables\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*[\"']([^\"']+)[\"']\s*\])")
+
+
 def _context_text(p, step, depends_on=analysis._UNSET) -> str:
+    """The sample context shown in the form: the variables the expression reads (to fill in),
+    the trigger, and the dependency outcomes the rule sees."""
     sample = analysis.sample_context(p, step, depends_on=depends_on)
-    shown = {"variables": sample["variables"], "trigger": sample["trigger"],
+    expression = ((step.conditions or {}).get("expression") if step is not None else None) or ""
+    variables = {a or b: "" for a, b in _VARIABLE_REF.findall(expression)}
+    shown = {"variables": variables, "trigger": sample["trigger"],
              "dependency_outcomes": sample["dependency_outcomes"]}
     return json.dumps(shown, indent=2)
 
