@@ -16,7 +16,7 @@ STOP_POLL = 0.2
 
 
 def run(ctx: StepContext) -> StepResult:
-    seconds = (ctx.parameters or {}).get("seconds", 0)
+    seconds = (ctx.parameters or {}).get("seconds")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
         return error_result("A wait step needs a number of seconds (0 or more).", ctx)
     log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
