@@ -259,11 +259,40 @@ def emit(event: str, execution: WorkflowExecution, attempt: StepExecutionHistory
         return []
 
 
+_HEARD: dict[tuple[str, Any], frozenset[str]] = {}
+
+
+def _events_heard(execution: WorkflowExecution) -> frozenset[str]:
+    """Every event some config of this execution's frozen snapshot hears, cached per process.
+
+    The key is the row's identity (read without SQL even when the runtime's commit expired the
+    object), so emitting for an execution without notifications costs no query after the first."""
+    from sqlalchemy import inspect as sa_inspect
+
+    identity = sa_inspect(execution).identity
+    key = (str(db.engine.url), identity) if identity else None
+    heard = _HEARD.get(key) if key else None
+    if heard is None:
+        snap = execution.pipeline_snapshot or {}
+        found = set(subscribed_events(snap.get("notification_config"), "pipeline"))
+        for s in snap.get("steps") or ():
+            found |= subscribed_events(s.get("notification_config"), "step")
+        heard = frozenset(found)
+        if key:
+            if len(_HEARD) > 4096:
+                _HEARD.clear()
+            _HEARD[key] = heard
+    return heard
+
+
 def _plans(event: str, execution: WorkflowExecution, attempt, extra) -> tuple[list[_Plan], dict | None]:
     """Pure and in memory: which configs of the frozen snapshot hear this event."""
+    key = ALIASES.get(event, event)
+    heard = _events_heard(execution)
+    if key not in heard and not (key in ("success", "failed") and heard & {"fixed", "regression"}):
+        return [], None
     snap = execution.pipeline_snapshot or {}
     pcfg = snap.get("notification_config")
-    key = ALIASES.get(event, event)
     if key in EXECUTION_EVENTS:
         if not pcfg:
             return [], None

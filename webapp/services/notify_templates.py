@@ -116,6 +116,9 @@ class _Env(ImmutableSandboxedEnvironment):
                     raise SecurityError("sequence too long in a notification template")
         return operator.mul(left, right)
 
+    def unsafe_undefined(self, obj, attribute):
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
+
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's signature
         counter = __context.parent.get("__calls__")
         if counter is not None:
