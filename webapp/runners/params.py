@@ -40,13 +40,16 @@ def validate_parameters(step_type: str, params: dict[str, Any] | None) -> dict[s
         expected = params.get("expected_status", [200])
         if isinstance(expected, int):
             expected = [expected]
-        if not isinstance(expected, list) or not all(isinstance(c, int) and 100 <= c <= 599 for c in expected):
+        if not isinstance(expected, list) or not expected or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in expected):
             errors["expected_status"] = "expected_status must be a list of HTTP status codes (100-599)."
         headers = params.get("headers", {})
         if not isinstance(headers, dict):
             errors["headers"] = "headers must be a mapping."
+        elif not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in headers.values()):
+            errors["headers"] = "header values must be text or numbers."
         timeout = params.get("timeout", 30)
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
             errors["timeout"] = "timeout must be a number of seconds between 0 and 3600."
     elif step_type == "wait":
         seconds = params.get("seconds")
