@@ -468,10 +468,9 @@ class StaleVersion(ValidationError):
 
 def _check_version(pipeline: Pipeline, expected_version: int | None) -> None:
     if expected_version is not None and expected_version != pipeline.version:
-        raise StaleVersion(
-            f"Someone saved this pipeline while you were editing (it is now v{pipeline.version}, "
-            f"you started from v{expected_version}). Review the current definition and save again.",
-            {"version": f"now v{pipeline.version}"})
+        message = (f"Someone saved this pipeline while you were editing (it is now v{pipeline.version}, "
+                   f"you started from v{expected_version}). Review the current definition and save again.")
+        raise StaleVersion(message, {"version": message})
 
 
 def _definition(pipeline: Pipeline) -> dict:
