@@ -35,7 +35,9 @@ class Recorder:
 
 @pytest.fixture
 def recorder():
-    return Recorder()
+    rec = Recorder()
+    yield rec
+    rec.stop_with = "cancelled"   # a runner thread left behind by a failed test stops too
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def _supervise(group: "_Group", ctx: StepContext, log: LogBuffer) -> tuple[str |
     deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
     next_stop_check = 0.0
     last_emit = float("-inf")
-    emitted = log.version
+    emitted = 0   # a fresh buffer's version: emit as soon as anything was read (even before this loop began)
     while not group.exited():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
