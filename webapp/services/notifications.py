@@ -69,7 +69,7 @@ CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
     "feishu": ("url", "secret", "apprise_url"),
 }
 SECRET_FIELDS = ("secret", "smtp_password", "apprise_url")
-KEEP_IF_BLANK = SECRET_FIELDS + ("url",)          # a blank form field keeps the stored value
+KEEP_IF_BLANK = SECRET_FIELDS + ("url", "headers")   # a blank form field keeps the stored value
 TYPE_LABELS = {"email": "Email", "webhook": "Webhook", "slack": "Slack", "dingtalk": "DingTalk",
                "wecom": "WeChat Work", "feishu": "Feishu"}
 
@@ -575,14 +575,12 @@ def channel_destination(channel: NotificationChannel) -> Destination:
     cfg = channel.config or {}
     if channel.channel_type == "email":
         base = smtp_settings()
-        smtp = {
-            "host": cfg.get("smtp_host") or base["host"],
-            "port": int(cfg.get("smtp_port") or (base["port"] if not cfg.get("smtp_host") else 25)),
-            "user": cfg.get("smtp_user") if cfg.get("smtp_host") else base["user"],
-            "password": cfg.get("smtp_password") if cfg.get("smtp_host") else base["password"],
-            "tls": cfg.get("smtp_tls") or (base["tls"] if not cfg.get("smtp_host") else "none"),
-            "from": cfg.get("from") or base["from"],
-        }
+        if cfg.get("smtp_host"):  # the channel's own server; otherwise AnsFlow's SMTP_* settings
+            smtp = {"host": cfg["smtp_host"], "port": int(cfg.get("smtp_port") or 25), "user": cfg.get("smtp_user") or "",
+                    "password": cfg.get("smtp_password") or "", "tls": cfg.get("smtp_tls") or "none",
+                    "from": cfg.get("from") or base["from"]}
+        else:
+            smtp = {**base, "from": cfg.get("from") or base["from"]}
         return Destination(kind="email", label=channel.name, to=list(cfg.get("to") or []), smtp=smtp)
     return Destination(kind=channel.channel_type, label=channel.name, url=cfg.get("url") or "",
                        secret=cfg.get("secret") or "", apprise_url=cfg.get("apprise_url") or "",
@@ -1000,11 +998,12 @@ def record_demo_webhook(headers: dict[str, str], body: bytes) -> dict[str, Any]:
         parsed = json.loads(text)
     except ValueError:
         parsed = None
-    signature = headers.get("X-AnsFlow-Signature")
+    lower = {k.lower(): v for k, v in headers.items()}
+    signature = lower.get("x-ansflow-signature")
     verdict = "unsigned"
     if signature:
         verdict = "signature does not match any webhook channel pointing here"
-        timestamp = headers.get("X-AnsFlow-Timestamp", "")
+        timestamp = lower.get("x-ansflow-timestamp", "")
         for ch in db.session.execute(select(NotificationChannel).filter_by(channel_type="webhook")).scalars():
             secret = (ch.config or {}).get("secret")
             if secret and "/demo-webhook" in ((ch.config or {}).get("url") or ""):
