@@ -14,12 +14,14 @@ from webapp.services.pipelines import freeze, save_definition
 
 @pytest.fixture(autouse=True)
 def _fresh_login_per_request(app):
-    """The test client reuses the test's app context, so Flask-Login's cached user (on g) would leak
-    from one client's request into another's. In production each request has its own context."""
+    """The test client reuses the test's app context, so what Flask-Login and Flask-WTF cache on g
+    (the user, the CSRF token) would leak from one client's request into another's. In production
+    each request has its own app context, so g starts empty."""
     from flask import g, request_started
 
     def clear(sender, **extra):
-        g.pop("_login_user", None)
+        for key in list(g):
+            g.pop(key, None)
 
     request_started.connect(clear, app)
     yield
