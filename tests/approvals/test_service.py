@@ -218,3 +218,17 @@ def test_audit_in_the_api_shape(make_gate, users):
 def test_requests_for_execution(make_gate):
     req = make_gate()
     assert [r.id for r in svc.requests_for_execution(req.execution_id)] == [req.id]
+
+
+def test_approvers_are_notified_reminded_and_told_the_outcome(make_gate, users):
+    from webapp.models import NotificationDelivery
+
+    req = make_gate(
+        approval={"users": ["approver1"], "required_approvals": 1, "reminder_hours": 1, "timeout_hours": 5},
+        notification_config={"on_approval_required": True, "events": ["approval_decided"],
+                             "webhook_url": "http://127.0.0.1:9/hook"})
+    svc.on_opened(req.id)
+    assert svc.remind(req.id, now=utcnow() + timedelta(hours=1, seconds=2))
+    svc.decide(req.id, users["approver"], "approve", "ok")
+    events = [r.event for r in db.session.query(NotificationDelivery).order_by(NotificationDelivery.id)]
+    assert events == ["approval_required", "approval_reminder", "approval_decided"]

@@ -236,10 +236,8 @@ def _schedule_reminder(req: ApprovalRequest, now: datetime) -> None:
 
 def _notify(req: ApprovalRequest, event: str, **more: Any) -> None:
     """Tell the approvers through the notification service. A failed delivery never blocks an approval."""
-    try:
-        from . import notifications
-    except ImportError:  # the notification service is optional at this layer
-        return
+    from . import notifications
+
     try:
         _emit(notifications, req, event, more)
     except Exception:
@@ -374,7 +372,7 @@ def decide(request_id: int, user: User, action: str, comment: str = "") -> Outco
         raise
     db.session.refresh(req)
     if changed:
-        _after_settled(req)
+        _after_settled(req, username)
     return Outcome(request=req, decision=decision, changed=changed)
 
 
@@ -413,11 +411,13 @@ def _mirror_step(step_id: int, status: str, by: str | None, at: datetime | None)
     )
 
 
-def _after_settled(req: ApprovalRequest) -> None:
+def _after_settled(req: ApprovalRequest, by: str | None) -> None:
+    """After the settling commit: continue the execution at once, then tell who listens."""
     from . import executions
 
     if req.execution_id is not None:
         executions.request_advance(req.execution_id)
+    _notify(req, "approval_decided", status=req.status, by=by, reason=req.outcome_reason)
 
 
 def respond(request_id: int, user: User, action: str, comment: str = "") -> Outcome:
@@ -568,7 +568,7 @@ def expire(request_id: int, now: datetime | None = None) -> str | None:
         db.session.rollback()
         raise
     db.session.refresh(req)
-    _after_settled(req)
+    _after_settled(req, "system")
     return status
 
 
