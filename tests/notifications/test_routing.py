@@ -190,3 +190,32 @@ def test_template_output_is_capped(app, receiver):
     (rid,) = svc.emit("failed", ex)
     body = db.session.get(NotificationDelivery, rid).body
     assert len(body) <= 8000 and body.endswith("[... cut ...]")
+
+
+def test_lost_delivery_jobs_are_requeued_or_given_up(app, receiver):
+    from datetime import timedelta
+
+    from webapp.models import utcnow
+
+    p = pipeline({"on_failure": True, "webhook_url": f"{receiver.url}/t"})
+    ids = [svc.emit("failed", execution(p, "failed"))[0] for _ in range(3)]
+    get_queue(NOTIFICATIONS).empty()  # Redis lost the jobs
+    old = utcnow() - timedelta(hours=2)
+    rows = [db.session.get(NotificationDelivery, i) for i in ids]
+    rows[0].updated_at = old                                          # pending, never tried
+    rows[1].status, rows[1].attempts, rows[1].updated_at = "sending", 3, old   # used every attempt
+    db.session.commit()                                               # rows[2] is recent: left alone
+    assert svc.reconcile_deliveries() == {"requeued": 1, "failed": 1}
+    assert [r.status for r in rows] == ["pending", "failed", "pending"]
+    assert "gave up: the delivery job was lost" in rows[1].error
+    assert get_queue(NOTIFICATIONS).count == 1
+
+
+def test_the_demo_receiver_of_this_server_is_allowed_without_configuration(app):
+    from webapp.services.notify_transports import Destination
+
+    app.config["NOTIFY_ALLOWLIST"] = []
+    app.config["BASE_URL"] = "http://127.0.0.1:5000"
+    demo = Destination(kind="webhook", label="x", url="http://127.0.0.1:5000/notifications/demo-webhook")
+    other = Destination(kind="webhook", label="x", url="http://127.0.0.1:5000/api/v1/pipelines/")
+    assert svc.allowlist(demo) == ["127.0.0.1"] and svc.allowlist(other) == []
