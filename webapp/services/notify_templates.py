@@ -74,7 +74,7 @@ Request:   {{ approval.message }}
 Approvers: {{ approval.approvers | join(', ') }}
 {%- endif %}
 {%- if approval.decided_by %}
-Decided by {{ approval.decided_by }}{% if approval.comment %}: {{ approval.comment }}{% endif %}
+Decided by {{ approval.decided_by }}{% if approval.comment or approval.reason %}: {{ approval.comment or approval.reason }}{% endif %}
 {%- endif %}
 {%- if duration %}
 Duration:  {{ duration }}
