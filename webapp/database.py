@@ -41,10 +41,14 @@ def is_sqlite() -> bool:
 def begin_locked(execution_pk: int | None = None) -> None:
     """Start a write transaction that serialises writers of one execution.
 
+    Every service function that writes begins with this. On SQLite (WAL) a transaction that
+    read first cannot be upgraded to a write once another process has committed (it fails at
+    once with "database is locked", whatever the busy timeout), so writers take the lock first.
+
     SQLite: BEGIN IMMEDIATE takes the database write lock before we read the snapshot.
     PostgreSQL: a row lock on the execution (other executions proceed in parallel).
     """
-    session = db.session
+    session = db.session()  # the Session behind the scoped proxy
     if session.in_transaction():
         session.commit()
     if is_sqlite():

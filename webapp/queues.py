@@ -54,7 +54,8 @@ def enqueue(purpose: str, func: str, *args, job_id: str | None = None, at: datet
 
 
 def cancel_key(attempt_id: int) -> str:
-    return f"ansflow:cancel:{attempt_id}"
+    # Namespaced like the queues: attempt ids repeat across databases sharing one Redis.
+    return f"{current_app.config['QUEUE_PREFIX']}:cancel:{attempt_id}"
 
 
 def request_stop(attempt_id: int, status: str = "cancelled") -> None:

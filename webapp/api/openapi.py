@@ -53,6 +53,13 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "fields"],
                           "properties": {"error": {"type": "string"}, "fields": {"type": "object"}}},
+                "StartExecution": {"type": "object", "required": ["pipeline"], "properties": {
+                    "pipeline": {"type": "integer"}, "variables": {"type": "object"},
+                    "trigger_data": {"type": "object"}, "secret_variables": {"type": "array", "items": {"type": "string"}}}},
+                "Resume": {"type": "object", "properties": {
+                    "from_step": {"type": "string"}, "variables": {"type": "object"},
+                    "use_current_definition": {"type": "boolean"}}},
+                "Bypass": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
                 "PipelineDefinition": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string"}, "description": {"type": "string"},
                     "groups": {"type": "array", "items": {"type": "object"}},

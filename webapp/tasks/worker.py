@@ -1,4 +1,4 @@
-"""Worker process set-up: fork safety and the periodic jobs."""
+"""Worker process set-up: fork safety and the reconciler thread."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from flask import Flask
 
 def install_worker_hooks(app: Flask, worker) -> None:
     from ..extensions import db
+    from .reconcile import Reconciler
 
     def _after_fork_in_child() -> None:
         # A forked job must not reuse the parent's pooled database connections.
@@ -15,3 +16,5 @@ def install_worker_hooks(app: Flask, worker) -> None:
             db.engine.dispose(close=False)
 
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    if app.config["RECONCILE_SECONDS"] > 0:
+        Reconciler(app).start()

@@ -1,0 +1,581 @@
+"""Executions: start, advance, cancel, resume, retry_step, bypass_step (DESIGN §3).
+
+`advance` is the heart: it reads one snapshot, asks `engine.planner.plan`, and applies the
+decisions in one transaction serialised per execution (`database.begin_locked`). Every state
+change is a conditional UPDATE from the expected state, so a redelivered job or a second
+worker changes nothing. Jobs are enqueued only after the commit that justifies them.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import func, insert, select, update
+
+from ..database import begin_locked
+from ..engine import graph
+from ..engine.planner import (
+    AwaitApproval, Cancel, Enqueue, FinishExecution, FinishGroup, ScheduleRetry, Skip, WakeAt,
+    actionable, plan, plan_resume, plan_retry_step,
+)
+from ..engine.retry import PolicyError, RetryPolicy
+from ..extensions import db
+from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, WorkflowExecution, utcnow
+from ..models.snapshots import execution_snapshot, pipeline_def
+from ..queues import CONTROL, STEPS, enqueue, request_stop
+from .accounts import ValidationError
+from .pipelines import freeze
+
+SEH = StepExecutionHistory
+ACTIVE_STEP_STATES = ("queued", "running", "waiting_approval", "retry_scheduled")
+OPEN_STEP_STATES = ("pending",) + ACTIVE_STEP_STATES
+TERMINAL_EXECUTION = ("success", "failed", "cancelled")
+SECRET_NAME = re.compile(r"(secret|token|password|passwd|api_?key|private)", re.I)
+VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class Conflict(Exception):
+    """The request is valid but the current state forbids it (HTTP 409)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# ------------------------------------------------------------------ starting
+
+def _check_variables(variables: Any) -> dict[str, Any]:
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise ValidationError("Variables must be a mapping of name to value.", {"variables": "expected an object"})
+    bad = [k for k in variables if not isinstance(k, str) or not VAR_NAME.match(k)]
+    if bad:
+        raise ValidationError("Invalid variable name.", {"variables": f"invalid variable name {bad[0]!r}: use letters, digits and _"})
+    return dict(variables)
+
+
+def max_retries_of(step: dict) -> int:
+    try:
+        return RetryPolicy.from_dict(step.get("retry_policy")).max_retries
+    except PolicyError:
+        return 0
+
+
+def start(
+    pipeline: Pipeline,
+    trigger_data: dict | None = None,
+    variables: dict | None = None,
+    user: User | None = None,
+    trigger_type: str = "manual",
+    secret_variables: Iterable[str] | None = None,
+    *,
+    snapshot: dict | None = None,
+    parent: WorkflowExecution | None = None,
+    kept: dict[int, StepExecutionHistory] | None = None,
+) -> WorkflowExecution:
+    """Freeze the definition, create the execution and its pending attempts, advance it."""
+    begin_locked()
+    if not pipeline.active and parent is None:
+        raise Conflict(f"Pipeline '{pipeline.name}' is inactive: activate it to run it.")
+    variables = _check_variables(variables)
+    if trigger_data is not None and not isinstance(trigger_data, dict):
+        raise ValidationError("trigger_data must be an object.", {"trigger_data": "expected an object"})
+    frozen = snapshot or freeze(pipeline)
+    if not frozen["steps"]:
+        raise ValidationError("This pipeline has no steps yet.", {"steps": "add a step first"})
+    problems = graph.validate(pipeline_def(frozen))
+    if problems:
+        raise ValidationError("The pipeline definition is invalid.", {"definition": problems[0].message})
+    secrets_ = sorted(set(secret_variables or []) | {k for k in variables if SECRET_NAME.search(k)})
+    now = utcnow()
+    execution = WorkflowExecution(
+        pipeline_id=pipeline.id, execution_id=secrets.token_hex(8), status="running",
+        trigger_type=trigger_type, trigger_data=trigger_data or {}, context_variables=variables,
+        secret_variables=secrets_, pipeline_snapshot=frozen, pipeline_version=frozen.get("version", 1),
+        triggered_by_id=user.id if user is not None and getattr(user, "id", None) else None,
+        parent_execution_id=parent.id if parent is not None else None,
+        step_results={}, failed_steps=[], pending_approvals=[], started_at=now, created_at=now,
+    )
+    db.session.add(execution)
+    db.session.flush()
+    rows = []
+    for step in frozen["steps"]:
+        old = (kept or {}).get(step["id"])
+        row = {
+            "execution_id": execution.id, "step_id": step["id"], "step_name": step["name"],
+            "status": "pending", "retry_count": 0, "max_retries": max_retries_of(step), "logs": "",
+            "error_message": "", "output_data": {}, "created_at": now, "upstream_failed": False, "bypassed": False,
+        }
+        if old is not None:
+            row.update(
+                status=old.status, output_data=old.output_data or {}, exit_code=old.exit_code,
+                skip_reason=old.skip_reason, bypassed=old.bypassed, started_at=old.started_at,
+                finished_at=old.finished_at, duration_seconds=old.duration_seconds,
+                logs=f"[kept from execution {parent.execution_id}, attempt {old.retry_count + 1}]\n" + (old.logs or ""),
+            )
+        rows.append(row)
+    db.session.execute(insert(SEH), rows)
+    db.session.commit()
+    emit_event("started", execution)
+    advance(execution.id)
+    return execution
+
+
+# ------------------------------------------------------------------ advancing
+
+def request_advance(execution_pk: int, at: datetime | None = None) -> None:
+    """Ask a worker to advance this execution (now, or at `at`)."""
+    job_id = f"advance-{execution_pk}-{int(at.timestamp())}" if at else None
+    enqueue(CONTROL, "webapp.tasks.steps.advance_execution", execution_pk, job_id=job_id, at=at)
+
+
+def _approval_states(execution_pk: int, latest_ids: set[int]) -> dict[int, str]:
+    rows = db.session.execute(
+        select(ApprovalRequest.step_id, ApprovalRequest.attempt_id, ApprovalRequest.status)
+        .where(ApprovalRequest.execution_id == execution_pk).order_by(ApprovalRequest.id)
+    ).all()
+    return {step_id: status for step_id, attempt_id, status in rows if attempt_id in latest_ids}
+
+
+def _load(execution_pk: int):
+    execution = db.session.get(WorkflowExecution, execution_pk, populate_existing=True)
+    if execution is None:
+        return None, [], {}
+    attempts = list(db.session.execute(
+        select(SEH).where(SEH.execution_id == execution_pk).order_by(SEH.id)
+        .execution_options(populate_existing=True)
+    ).scalars())
+    approvals: dict[int, str] = {}
+    if any(s.get("approval_required") for s in execution.pipeline_snapshot.get("steps", [])):
+        approvals = _approval_states(execution_pk, {a.id for a in _latest_by_step(attempts).values()})
+    return execution, attempts, approvals
+
+
+def _latest_by_step(attempts: list[StepExecutionHistory]) -> dict[int, StepExecutionHistory]:
+    latest: dict[int, StepExecutionHistory] = {}
+    for a in attempts:
+        cur = latest.get(a.step_id)
+        if cur is None or (a.retry_count, a.id) > (cur.retry_count, cur.id):
+            latest[a.step_id] = a
+    return latest
+
+
+def advance(execution_pk: int) -> list:
+    """Plan and apply until nothing more can be decided now. Safe to call any number of times."""
+    applied: list = []
+    for _ in range(20):  # a plan is a fixpoint; a zero-delay retry needs one more round
+        after: list[Callable[[], None]] = []
+        begin_locked(execution_pk)
+        execution, attempts, approvals = _load(execution_pk)
+        if execution is None or execution.status in TERMINAL_EXECUTION:
+            db.session.commit()
+            return applied
+        now = utcnow()
+        snap = execution_snapshot(execution, attempts, approvals)
+        decisions = plan(snap, now)
+        by_id = {a.id: a for a in attempts}
+        steps = {s["id"]: s for s in execution.pipeline_snapshot["steps"]}
+        again = False
+        for d in decisions:
+            if _apply(d, execution, by_id, steps, now, after):
+                applied.append(d)
+            if isinstance(d, ScheduleRetry) and d.run_at <= now:
+                again = True
+        _refresh_summary(execution)
+        db.session.commit()
+        for action in after:
+            action()
+        if not again or not actionable(decisions):
+            break
+    return applied
+
+
+def _set(attempt_id: int, expected: Iterable[str], **values) -> bool:
+    result = db.session.execute(
+        update(SEH).where(SEH.id == attempt_id, SEH.status.in_(tuple(expected))).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _apply(d, execution: WorkflowExecution, by_id: dict, steps: dict, now: datetime, after: list) -> bool:
+    if isinstance(d, Enqueue):
+        job_id = f"step-{d.attempt_id}"
+        if _set(d.attempt_id, ("pending", "waiting_approval", "retry_scheduled"), status="queued", queued_at=now, rq_job_id=job_id):
+            timeout = steps[d.step_id].get("timeout_seconds") or 24 * 3600
+            after.append(lambda: enqueue(STEPS, "webapp.tasks.steps.run_step", d.attempt_id, job_id=job_id,
+                                         job_timeout=int(timeout) + 120))
+            return True
+    elif isinstance(d, Skip):
+        return _set(d.attempt_id, ("pending",), status="skipped", skip_reason=d.reason,
+                    upstream_failed=d.upstream_failed, finished_at=now)
+    elif isinstance(d, AwaitApproval):
+        if _set(d.attempt_id, ("pending",), status="waiting_approval"):
+            from . import approvals
+
+            request = approvals.open_request(execution, by_id[d.attempt_id], steps[d.step_id])
+            db.session.flush()
+            request_id = request.id
+            after.append(lambda: approvals.on_opened(request_id))
+            return True
+    elif isinstance(d, ScheduleRetry):
+        failed = by_id[d.failed_attempt_id]
+        exists = db.session.execute(select(SEH.id).where(
+            SEH.execution_id == execution.id, SEH.step_id == d.step_id, SEH.retry_count == d.retry_count)).first()
+        if exists:
+            return False
+        db.session.execute(insert(SEH).values(
+            execution_id=execution.id, step_id=d.step_id, step_name=failed.step_name, status="retry_scheduled",
+            retry_count=d.retry_count, max_retries=failed.max_retries, scheduled_for=d.run_at, created_at=now,
+            logs="", error_message="", output_data={}, upstream_failed=False, bypassed=False,
+        ))
+        if d.run_at > now:
+            after.append(lambda: request_advance(execution.id, at=d.run_at))
+        failed_id = failed.id
+        after.append(lambda: emit_event("retrying", execution, attempt_id=failed_id,
+                                   extra={"retry_count": d.retry_count, "delay_seconds": d.delay_seconds}))
+        return True
+    elif isinstance(d, Cancel):
+        attempt = by_id[d.attempt_id]
+        was = attempt.status
+        if _set(d.attempt_id, OPEN_STEP_STATES, status=d.status, error_message=d.reason, finished_at=now,
+                failure_kind="cancelled" if d.status == "cancelled" else "timeout"):
+            if was in ("queued", "running"):
+                after.append(lambda: request_stop(d.attempt_id, d.status))
+            if was == "waiting_approval":
+                db.session.execute(
+                    update(ApprovalRequest)
+                    .where(ApprovalRequest.attempt_id == d.attempt_id, ApprovalRequest.status == "pending")
+                    .values(status="cancelled", decided_at=now, outcome_reason=d.reason)
+                    .execution_options(synchronize_session=False))
+            if d.status == "timed_out":
+                after.append(lambda: emit_event("timed_out", execution, attempt_id=d.attempt_id))
+            return True
+    elif isinstance(d, FinishGroup):
+        groups = dict((execution.recovery_point or {}).get("groups", {}))
+        if d.group_id not in groups:
+            groups[d.group_id] = {"status": d.status, "reason": d.reason, "at": now.isoformat()}
+            execution.recovery_point = {**(execution.recovery_point or {}), "groups": groups}
+            return True
+    elif isinstance(d, FinishExecution):
+        execution.status = d.status
+        execution.status_reason = d.reason
+        execution.finished_at = now
+        if d.status == "cancelled":
+            from . import approvals
+
+            approvals.cancel_for_execution(execution.id)
+        after.append(lambda: emit_event(d.status, execution))
+        return True
+    elif isinstance(d, WakeAt):
+        after.append(lambda: request_advance(execution.id, at=d.at))
+    return False
+
+
+def _refresh_summary(execution: WorkflowExecution) -> None:
+    """Keep the AnsFlow summary fields true: one aggregate query, no per-row work."""
+    rows = db.session.execute(
+        select(SEH.step_id, SEH.step_name, SEH.status, SEH.retry_count, SEH.id)
+        .where(SEH.execution_id == execution.id)
+    ).all()
+    latest: dict[int, tuple] = {}
+    for r in rows:
+        cur = latest.get(r.step_id)
+        if cur is None or (r.retry_count, r.id) > (cur.retry_count, cur.id):
+            latest[r.step_id] = r
+    running = [r.step_name for r in latest.values() if r.status in ("running", "queued")]
+    waiting = [r.step_name for r in latest.values() if r.status == "waiting_approval"]
+    failed = sorted(r.step_name for r in latest.values() if r.status in ("failed", "timed_out"))
+    execution.current_step = ", ".join(running or waiting)[:120] or None
+    if execution.failed_steps != failed:
+        execution.failed_steps = failed
+    if execution.status in ("running", "waiting_approval"):
+        execution.status = "waiting_approval" if waiting and not running else "running"
+    if execution.pipeline_snapshot and any(s.get("approval_required") for s in execution.pipeline_snapshot["steps"]):
+        pending = list(db.session.execute(select(ApprovalRequest.id).where(
+            ApprovalRequest.execution_id == execution.id, ApprovalRequest.status == "pending")).scalars())
+        if execution.pending_approvals != pending:
+            execution.pending_approvals = pending
+    if execution.status in TERMINAL_EXECUTION:
+        execution.step_results = step_results(execution.id)
+        execution.current_step = None
+        succeeded = [r.step_name for r in latest.values() if r.status == "success"]
+        execution.recovery_point = {
+            **(execution.recovery_point or {}),
+            "resumable": execution.status in ("failed", "cancelled"),
+            "succeeded_steps": sorted(succeeded),
+            "failed_steps": failed,
+        }
+
+
+def step_results(execution_pk: int) -> dict[str, Any]:
+    """Per step name: the latest attempt's result (the live view and the final record)."""
+    attempts = db.session.execute(select(SEH).where(SEH.execution_id == execution_pk).order_by(SEH.id)).scalars().all()
+    counts: dict[int, int] = {}
+    for a in attempts:
+        counts[a.step_id] = counts.get(a.step_id, 0) + 1
+    out: dict[str, Any] = {}
+    for a in _latest_by_step(list(attempts)).values():
+        out[a.step_name] = {
+            "status": a.status, "exit_code": a.exit_code, "outputs": a.output_data or {},
+            "attempts": counts[a.step_id], "duration_seconds": a.duration_seconds,
+            "error": a.error_message or None, "skip_reason": a.skip_reason,
+        }
+    return out
+
+
+def emit_event(event: str, execution: WorkflowExecution, attempt_id: int | None = None, extra: dict | None = None) -> None:
+    try:
+        from . import notifications
+    except ImportError:  # the notifications service is optional at this layer
+        return
+    attempt = db.session.get(SEH, attempt_id) if attempt_id else None
+    notifications.emit(event, execution, attempt, extra)
+
+
+# ------------------------------------------------------------------ step results (called by the step job)
+
+def mark_running(attempt_id: int, worker_name: str, job_id: str | None) -> StepExecutionHistory | None:
+    begin_locked()
+    now = utcnow()
+    ok = _set(attempt_id, ("queued",), status="running", started_at=now, heartbeat_at=now,
+              worker_name=worker_name, rq_job_id=job_id)
+    db.session.commit()
+    return db.session.get(SEH, attempt_id, populate_existing=True) if ok else None
+
+
+def finish_attempt(attempt_id: int, result) -> bool:
+    """Record a runner's result if the attempt is still running (else it was cancelled/lost)."""
+    begin_locked()
+    attempt = db.session.get(SEH, attempt_id, populate_existing=True)
+    now = utcnow()
+    duration = (now - attempt.started_at).total_seconds() if attempt.started_at else None
+    ok = _set(attempt_id, ("running",), status=result.status, exit_code=result.exit_code,
+              failure_kind=result.failure, error_message=result.error_message or "", logs=result.logs,
+              output_data=result.outputs or {}, finished_at=now, duration_seconds=duration)
+    if not ok:
+        # cancelled or declared lost meanwhile: keep the logs, not the verdict
+        db.session.execute(update(SEH).where(SEH.id == attempt_id)
+                           .values(logs=result.logs, duration_seconds=duration)
+                           .execution_options(synchronize_session=False))
+    db.session.commit()
+    return ok
+
+
+def fail_attempt(attempt_id: int, kind: str, message: str, expected: Iterable[str] = ("queued", "running")) -> bool:
+    begin_locked()
+    now = utcnow()
+    ok = _set(attempt_id, tuple(expected), status="failed", failure_kind=kind, error_message=message, finished_at=now)
+    db.session.commit()
+    return ok
+
+
+def outputs_by_step(execution_pk: int) -> dict[str, dict[str, str]]:
+    rows = db.session.execute(
+        select(SEH.step_name, SEH.output_data, SEH.retry_count, SEH.id)
+        .where(SEH.execution_id == execution_pk, SEH.status == "success")
+    ).all()
+    best: dict[str, tuple] = {}
+    for r in rows:
+        if r.step_name not in best or (r.retry_count, r.id) > best[r.step_name][0]:
+            best[r.step_name] = ((r.retry_count, r.id), r.output_data or {})
+    return {name: v[1] for name, v in best.items()}
+
+
+# ------------------------------------------------------------------ people's actions
+
+def get_execution(execution_id: str) -> WorkflowExecution | None:
+    return db.session.execute(select(WorkflowExecution).filter_by(execution_id=execution_id)).scalar_one_or_none()
+
+
+def cancel(execution: WorkflowExecution, user: User | None = None) -> WorkflowExecution:
+    begin_locked(execution.id)
+    result = db.session.execute(
+        update(WorkflowExecution)
+        .where(WorkflowExecution.id == execution.id, WorkflowExecution.status.notin_(TERMINAL_EXECUTION))
+        .values(cancel_requested=True,
+                status_reason=f"cancel requested by {user.username if user else 'system'}")
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    if result.rowcount != 1:
+        raise Conflict(f"Execution {execution.execution_id} is already {execution.status}.")
+    advance(execution.id)
+    db.session.refresh(execution)
+    return execution
+
+
+def _snapshot_of(execution: WorkflowExecution):
+    attempts = list(db.session.execute(select(SEH).where(SEH.execution_id == execution.id).order_by(SEH.id)).scalars())
+    return execution_snapshot(execution, attempts, {}), attempts
+
+
+def step_id_by_name_or_id(execution: WorkflowExecution, ref) -> int:
+    for s in execution.pipeline_snapshot["steps"]:
+        if str(s["id"]) == str(ref) or s["name"] == ref:
+            return s["id"]
+    raise ValidationError(f"No step {ref!r} in this execution.", {"step": f"unknown step {ref!r}"})
+
+
+def resume(execution: WorkflowExecution, from_step=None, user: User | None = None,
+           variables: dict | None = None, use_current_definition: bool = True) -> WorkflowExecution:
+    """A new execution linked to this one: succeeded steps keep their results, the rest re-run.
+
+    With `use_current_definition` the re-run steps take the pipeline's current definition (the
+    usual "fix the command, resume" flow); steps are matched by id, and a step that no longer
+    exists cannot be kept.
+    """
+    if execution.status not in ("failed", "cancelled"):
+        raise Conflict(f"Only a failed or cancelled execution can be resumed; this one is {execution.status}.")
+    snap, attempts = _snapshot_of(execution)
+    from_ids = None if from_step in (None, "") else [step_id_by_name_or_id(execution, from_step)]
+    rp = plan_resume(snap, from_ids)
+    latest = _latest_by_step(attempts)
+    pipeline = db.session.get(Pipeline, execution.pipeline_id)
+    frozen = execution.pipeline_snapshot
+    if use_current_definition and pipeline is not None and pipeline.version != execution.pipeline_version:
+        frozen = freeze(pipeline)
+    ids_now = {s["id"] for s in frozen["steps"]}
+    kept = {sid: latest[sid] for sid in rp.keep if sid in ids_now}
+    merged_vars = {**(execution.context_variables or {}), **_check_variables(variables)}
+    child = start(
+        pipeline, trigger_data={**(execution.trigger_data or {}), "resumed_from": execution.execution_id},
+        variables=merged_vars, user=user, trigger_type="resume",
+        secret_variables=execution.secret_variables, snapshot=frozen, parent=execution, kept=kept,
+    )
+    return child
+
+
+def _reset_steps(execution: WorkflowExecution, step_ids: Iterable[int], attempts) -> None:
+    latest = _latest_by_step(attempts)
+    now = utcnow()
+    steps = {s["id"]: s for s in execution.pipeline_snapshot["steps"]}
+    rows = [{
+        "execution_id": execution.id, "step_id": sid, "step_name": latest[sid].step_name, "status": "pending",
+        "retry_count": latest[sid].retry_count + 1, "max_retries": max_retries_of(steps[sid]), "logs": "",
+        "error_message": "", "output_data": {}, "created_at": now, "upstream_failed": False, "bypassed": False,
+    } for sid in sorted(step_ids)]
+    if rows:
+        db.session.execute(insert(SEH), rows)
+
+
+def _reopen(execution: WorkflowExecution) -> None:
+    execution.status = "running"
+    execution.finished_at = None
+    execution.cancel_requested = False
+    execution.status_reason = ""
+    groups = dict((execution.recovery_point or {}).get("groups", {}))
+    execution.recovery_point = {"groups": {}} if groups else None
+
+
+def retry_step(execution: WorkflowExecution, step_ref, user: User | None = None) -> WorkflowExecution:
+    """Re-run one failed step of a finished execution and its downstream, in place."""
+    sid = step_id_by_name_or_id(execution, step_ref)
+    begin_locked(execution.id)
+    db.session.refresh(execution)
+    if execution.status not in TERMINAL_EXECUTION:
+        db.session.rollback()
+        raise Conflict("Wait for the execution to finish (or cancel it) before retrying a step.")
+    snap, attempts = _snapshot_of(execution)
+    latest = _latest_by_step(attempts)
+    if latest[sid].status not in ("failed", "timed_out", "cancelled"):
+        db.session.rollback()
+        raise Conflict(f"Step '{latest[sid].step_name}' is {latest[sid].status}: only a failed, timed-out or cancelled step can be retried.")
+    _reset_steps(execution, plan_retry_step(snap, sid), attempts)
+    _reopen(execution)
+    db.session.commit()
+    advance(execution.id)
+    db.session.refresh(execution)
+    return execution
+
+
+def bypass_step(execution: WorkflowExecution, step_ref, reason: str, user: User | None = None) -> WorkflowExecution:
+    """A person marks a failed step skipped, with the reason, so its downstream can go on."""
+    if not (reason or "").strip():
+        raise ValidationError("Say why the step is bypassed.", {"reason": "a reason is required"})
+    sid = step_id_by_name_or_id(execution, step_ref)
+    begin_locked(execution.id)
+    db.session.refresh(execution)
+    snap, attempts = _snapshot_of(execution)
+    latest = _latest_by_step(attempts)
+    target = latest[sid]
+    who = user.username if user else "system"
+    if not _set(target.id, ("failed", "timed_out"), status="skipped", bypassed=True,
+                skip_reason=f"bypassed by {who}: {reason.strip()}"):
+        db.session.rollback()
+        raise Conflict(f"Step '{target.step_name}' is {target.status}: only a failed or timed-out step can be bypassed.")
+    downstream = {s for s in plan_retry_step(snap, sid) - {sid}
+                  if latest[s].status in ("skipped", "cancelled") and (latest[s].upstream_failed or latest[s].status == "cancelled")}
+    _reset_steps(execution, downstream, attempts)
+    if execution.status in TERMINAL_EXECUTION:
+        _reopen(execution)
+    db.session.commit()
+    advance(execution.id)
+    db.session.refresh(execution)
+    return execution
+
+
+# ------------------------------------------------------------------ queries for views and the API
+
+def list_executions(pipeline_id: int | None = None, status: str | None = None, limit: int = 50, offset: int = 0):
+    q = select(WorkflowExecution).order_by(WorkflowExecution.id.desc())
+    if pipeline_id:
+        q = q.where(WorkflowExecution.pipeline_id == pipeline_id)
+    if status:
+        q = q.where(WorkflowExecution.status == status)
+    return list(db.session.execute(q.limit(limit).offset(offset)).scalars())
+
+
+def attempts_of(execution_pk: int, step_id: int | None = None, status: str | None = None):
+    q = select(SEH).where(SEH.execution_id == execution_pk).order_by(SEH.id)
+    if step_id is not None:
+        q = q.where(SEH.step_id == step_id)
+    if status:
+        q = q.where(SEH.status == status)
+    return list(db.session.execute(q).scalars())
+
+
+def counts_by_status(execution_pk: int) -> dict[str, int]:
+    attempts = attempts_of(execution_pk)
+    out: dict[str, int] = {}
+    for a in _latest_by_step(attempts).values():
+        out[a.status] = out.get(a.status, 0) + 1
+    return out
+
+
+def reconcile(heartbeat_seconds: int, lost_after: float | None = None, queued_grace: float = 10.0,
+              job_exists: Callable[[str], bool] | None = None, requeue: Callable[[int, str], None] | None = None) -> dict:
+    """Find attempts whose worker died or whose job was lost, and executions that stalled.
+
+    Running attempts without a heartbeat for `lost_after` seconds fail as "worker lost" (the
+    planner then retries them by policy); queued attempts whose RQ job vanished (a Redis
+    restart) are enqueued again; every unfinished execution is advanced (lost wake-ups).
+    """
+    now = utcnow()
+    lost_after = lost_after or 3 * heartbeat_seconds
+    report = {"lost": [], "requeued": [], "advanced": 0}
+    begin_locked()
+    stale = db.session.execute(select(SEH.id, SEH.execution_id).where(
+        SEH.status == "running", func.coalesce(SEH.heartbeat_at, SEH.started_at) < now - timedelta(seconds=lost_after)
+    )).all()
+    for attempt_id, _ in stale:
+        if _set(attempt_id, ("running",), status="failed", failure_kind="worker_lost",
+                error_message="worker lost: no heartbeat for %.0f s" % lost_after, finished_at=now):
+            report["lost"].append(attempt_id)
+    db.session.commit()
+    if job_exists is not None and requeue is not None:
+        queued = db.session.execute(select(SEH.id, SEH.rq_job_id).where(
+            SEH.status == "queued", SEH.queued_at < now - timedelta(seconds=queued_grace))).all()
+        for attempt_id, job_id in queued:
+            if not job_id or not job_exists(job_id):
+                requeue(attempt_id, job_id or f"step-{attempt_id}")
+                report["requeued"].append(attempt_id)
+    open_ids = list(db.session.execute(select(WorkflowExecution.id).where(
+        WorkflowExecution.status.in_(("pending", "running", "waiting_approval")))).scalars())
+    for pk in open_ids:
+        advance(pk)
+        report["advanced"] += 1
+    return report

@@ -1,0 +1,130 @@
+"""Step jobs: run one attempt, advance an execution. Ids only; every write is conditional."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import update
+
+from . import app_context
+
+
+def _worker_name() -> str:
+    try:
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is not None and job.worker_name:
+            return job.worker_name
+    except Exception:  # outside a worker (tests calling the job directly)
+        pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _job_id() -> str | None:
+    try:
+        from rq import get_current_job
+
+        job = get_current_job()
+        return job.id if job else None
+    except Exception:
+        return None
+
+
+class _Heartbeat(threading.Thread):
+    """Marks the attempt alive in the database so the reconciler can tell a dead worker."""
+
+    def __init__(self, engine, attempt_id: int, every: float):
+        super().__init__(daemon=True)
+        self.engine, self.attempt_id, self.every = engine, attempt_id, every
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from ..models import StepExecutionHistory as SEH, utcnow
+
+        while not self.stopped.wait(self.every):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(update(SEH).where(SEH.id == self.attempt_id, SEH.status == "running")
+                                 .values(heartbeat_at=utcnow()))
+            except Exception:  # a busy database skips one beat; the next one retries
+                pass
+
+
+def run_step(attempt_id: int) -> str:
+    with app_context():
+        return _run_step(attempt_id)
+
+
+def _run_step(attempt_id: int) -> str:
+    from ..extensions import db
+    from ..queues import stop_requested
+    from ..runners import registry
+    from ..runners.base import StepContext
+    from ..runners.env import build_env
+    from ..services import executions as svc
+    from ..models import StepExecutionHistory as SEH, WorkflowExecution, utcnow
+
+    attempt = svc.mark_running(attempt_id, _worker_name(), _job_id())
+    if attempt is None:
+        return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
+    execution = db.session.get(WorkflowExecution, attempt.execution_id)
+    step = next(s for s in execution.pipeline_snapshot["steps"] if s["id"] == attempt.step_id)
+    cfg = current_app.config
+    workspace = Path(cfg["WORKSPACE_ROOT"]) / execution.execution_id
+    workspace.mkdir(parents=True, exist_ok=True)
+    variables = execution.context_variables or {}
+    secrets = [str(variables[k]) for k in execution.secret_variables or [] if k in variables and str(variables[k])]
+    timeout = step.get("timeout_seconds")
+    engine = db.engine
+
+    def on_log(text: str) -> None:
+        # The runner calls this only when the log changed, at most twice a second.
+        with engine.begin() as conn:
+            conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
+                         .values(logs=text, heartbeat_at=utcnow()))
+
+    def should_stop() -> str | None:
+        # The runners enforce the step timeout themselves; this carries cancel requests.
+        return stop_requested(attempt_id)
+
+    ctx = StepContext(
+        execution_id=execution.execution_id, attempt_id=attempt_id, attempt_number=attempt.retry_count + 1,
+        step_name=step["name"], step_type=step["step_type"], parameters=step.get("parameters") or {},
+        env=build_env(execution_id=execution.execution_id, attempt_number=attempt.retry_count + 1,
+                      step_name=step["name"], variables=variables, trigger=execution.trigger_data or {},
+                      outputs=svc.outputs_by_step(execution.id), output_file=None, workspace=workspace),
+        workspace=workspace, timeout_seconds=timeout, secrets=secrets,
+        log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
+    )
+    db.session.commit()  # release the read transaction before a long step
+    heartbeat = _Heartbeat(engine, attempt_id, cfg["HEARTBEAT_SECONDS"])
+    heartbeat.start()
+    try:
+        result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
+    finally:
+        heartbeat.stopped.set()
+    recorded = svc.finish_attempt(attempt_id, result)
+    svc.advance(execution.id)
+    if recorded:
+        event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
+        if event:
+            svc.emit_event(event, execution, attempt_id=attempt_id)
+    return result.status
+
+
+def advance_execution(execution_pk: int) -> str:
+    with app_context():
+        from ..services import executions as svc
+
+        decisions = svc.advance(execution_pk)
+        return f"{len(decisions)} decisions"
+
+
+def requeue_attempt(attempt_id: int, job_id: str) -> None:
+    from ..queues import STEPS, enqueue
+
+    enqueue(STEPS, "webapp.tasks.steps.run_step", attempt_id, job_id=job_id)
