@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 
 def register(app: Flask) -> None:
-    for command in (create_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd):
+    for command in (create_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd, trigger_cmd):
         app.cli.add_command(command)
 
 
@@ -119,3 +119,71 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@click.command("trigger")
+@click.argument("pipeline")
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE", help="A context variable (repeatable).")
+@click.option("--secret", "secrets", multiple=True, metavar="KEY=VALUE", help="A variable masked in logs.")
+@click.option("--as-user", default=None, help="Username recorded as the trigger (for approvals).")
+@click.option("--wait", is_flag=True, help="Show live progress and exit with the execution's status.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def trigger_cmd(pipeline, variables, secrets, as_user, wait, timeout):
+    """Start an execution of PIPELINE (name or id). Exit code with --wait: 0 success, 1 failed, 2 cancelled."""
+    import time
+
+    from sqlalchemy import select
+
+    from .extensions import db
+    from .models import Pipeline, User, WorkflowExecution
+    from .services import executions as svc
+    from .services.accounts import ValidationError
+
+    query = select(Pipeline).where(Pipeline.name == pipeline)
+    if pipeline.isdigit():
+        query = select(Pipeline).where((Pipeline.id == int(pipeline)) | (Pipeline.name == pipeline))
+    found = db.session.execute(query).scalars().first()
+    if found is None:
+        raise click.ClickException(f"No pipeline named {pipeline!r}.")
+    values: dict[str, str] = {}
+    for item in list(variables) + list(secrets):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--var")
+        values[key.strip()] = value
+    user = None
+    if as_user:
+        user = db.session.execute(select(User).filter_by(username=as_user)).scalar_one_or_none()
+        if user is None:
+            raise click.ClickException(f"No user {as_user!r}.")
+    try:
+        execution = svc.start(found, variables=values, user=user, trigger_type="cli",
+                              secret_variables=[s.partition("=")[0].strip() for s in secrets])
+    except ValidationError as e:
+        raise click.ClickException(f"{e.message} {e.fields}")
+    except svc.Conflict as e:
+        raise click.ClickException(e.message)
+    click.echo(f"Started {execution.execution_id} ({found.name} v{execution.pipeline_version})")
+    if not wait:
+        return
+    total = len(execution.pipeline_snapshot["steps"])
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        db.session.commit()  # a fresh snapshot each poll
+        execution = db.session.get(WorkflowExecution, execution.id, populate_existing=True)
+        counts = svc.counts_by_status(execution.id)
+        done = sum(counts.get(s, 0) for s in ("success", "failed", "skipped", "cancelled", "timed_out"))
+        line = f"[{done}/{total}] {execution.status}" + (f" running: {execution.current_step}" if execution.current_step else "")
+        if line != last:
+            click.echo(line)
+            last = line
+        if execution.status in svc.TERMINAL_EXECUTION:
+            break
+        if time.monotonic() > deadline:
+            click.echo(f"Still {execution.status} after {timeout:.0f} s.")
+            raise SystemExit(3)
+        time.sleep(0.5)
+    if execution.status_reason:
+        click.echo(execution.status_reason)
+    raise SystemExit({"success": 0, "failed": 1, "cancelled": 2}[execution.status])
