@@ -156,6 +156,8 @@ def test_audit_page(client_as, make_gate, users):
     html = client_as("viewer").get(f"/approvals/{req.id}").get_data(as_text=True)
     assert "Asked by" in html and "maintainer1" in html and "approver1, approver2, approver3" in html
     assert "quorum reached: 2 of 2 approvals (approver1, admin1 (as admin))" in html
+    assert 'aria-current="page">Approvals' in html  # the page's own context does not hide Flask's request
+    assert "24h, until" in html
     assert "&lt;b&gt;urgent&lt;/b&gt;" in html and "<b>urgent</b>" not in html  # comments are text
     assert client_as("viewer").get("/approvals/999999").status_code == 404
 

@@ -547,7 +547,7 @@ def expire(request_id: int, now: datetime | None = None) -> str | None:
             from ..queues import CONTROL, enqueue
             enqueue(CONTROL, "webapp.tasks.approvals.expire", request_id, at=at)
             return None
-        hours = _hours(req.timeout_hours)
+        hours = format_hours(req.timeout_hours)
         got = approvals_count(req)
         if req.auto_approve_on_timeout:
             status = "approved"
@@ -572,7 +572,8 @@ def expire(request_id: int, now: datetime | None = None) -> str | None:
     return status
 
 
-def _hours(h: float | None) -> str:
+def format_hours(h: float | None) -> str:
+    """24 -> '24h', 1.5 -> '1h 30m', 0.001 -> '4s'."""
     if not h:
         return "no timeout"
     if h >= 1 and float(h).is_integer():

@@ -54,7 +54,7 @@ def detail(request_id: int):
         req = svc.get_request(request_id)
     except svc.NotFound:
         abort(404)
-    return render("approvals/detail.html", request=req)
+    return render("approvals/detail.html", req=req)
 
 
 @bp.post("/<int:request_id>/decide")
@@ -170,6 +170,11 @@ def time_left_filter(left: timedelta | None) -> str:
     if minutes:
         return f"{minutes}m left"
     return f"{secs}s left"
+
+
+@bp.app_template_filter("hours")
+def hours_filter(hours: float | None) -> str:
+    return svc.format_hours(hours)
 
 
 @bp.app_template_filter("utc")
