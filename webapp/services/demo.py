@@ -26,7 +26,7 @@ DEMO_PIPELINES = [
     {
         "name": "Web app release",
         "description": "Build, test in parallel, gate on two approvers, deploy; notifies a local webhook.",
-        "notification_config": {"on_failure": True, "on_success": True, "webhook_url": "http://127.0.0.1:5000/demo-webhook"},
+        "notification_config": {"on_failure": True, "on_success": True, "webhook_url": "http://127.0.0.1:5000/notifications/demo-webhook"},
         "groups": [{"id": "tests", "name": "Tests", "sync_policy": "wait_all", "timeout_seconds": 600}],
         "steps": [
             {"name": "checkout", "type": "shell", "parameters": {"command": "echo checking out $GIT_REF; echo COMMIT=abc123 >> $ANSFLOW_OUTPUT"},
@@ -43,7 +43,7 @@ DEMO_PIPELINES = [
              "approval": {"users": ["approver1", "approver2", "approver3"], "required_approvals": 2, "timeout_hours": 24,
                           "message": "Ship this build to production?"},
              "conditions": {"type": "expression", "expression": '$variables.env === "production"'}},
-            {"name": "deploy", "type": "shell", "parameters": {"command": "echo deploying $ARTIFACT to $ENV"},
+            {"name": "deploy", "type": "shell", "parameters": {"command": "echo deploying $STEP_BUILD_ARTIFACT to $ENV"},
              "conditions": {"type": "on_success"}, "timeout_seconds": 300, "estimated_duration": 60},
             {"name": "rollback", "type": "shell", "depends_on": ["deploy"], "parameters": {"command": "echo rolling back"},
              "conditions": {"type": "on_failure"}},
