@@ -466,7 +466,8 @@ def _edit_step(p, step):
 def test_condition(pid: int):
     """Try the condition in the step form against the sample context (nothing is saved)."""
     p = _pipeline(pid)
-    step = svc.step_by_id(p, int(request.form.get("step_id") or 0)) if request.form.get("step_id") else None
+    raw_id = request.form.get("step_id", "")
+    step = svc.step_by_id(p, int(raw_id)) if raw_id.isdigit() else None
     form = request.form
     rule = form.get("cond_type") or "on_success"
     conditions: dict[str, Any] = {"type": rule}
