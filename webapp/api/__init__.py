@@ -17,4 +17,4 @@ def error(message: str, status: int, fields: dict | None = None):
     return jsonify({"error": message, "fields": fields or {}}), status
 
 
-from . import approvals, core, executions, groups, notifications, pipelines  # noqa: E402,F401  (routes register on bp)
+from . import approvals, core, executions, groups, metrics, notifications, pipelines  # noqa: E402,F401  (routes register on bp)
