@@ -1,0 +1,115 @@
+"""Chromium: a maintainer runs a pipeline with a 2-of-3 approval gate; one approver approves from
+their inbox, a second one approves (by keyboard); the step runs; the maintainer could not approve
+their own request. The row updates in place and the navigation badge follows."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from webapp.extensions import db
+from webapp.models import ApprovalRequest, StepExecutionHistory, WorkflowExecution
+from webapp.services import executions
+from webapp.services.pipelines import save_definition
+
+from ..conftest import browser_login, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def fresh():
+    db.session.commit()
+    db.session.expire_all()
+
+
+def new_page(browser, live_server):
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    return pg
+
+
+def test_two_of_three_gate_through_the_inbox(page, browser, live_server, workers, users, tmp_path):
+    workers(1)
+    runs = tmp_path / "deploy.runs"
+    pipeline = save_definition({
+        "name": "Web app release",
+        "steps": [
+            {"name": "build", "type": "shell", "parameters": {"command": "echo building"}},
+            {"name": "release approval", "type": "approval",
+             "approval": {"users": ["approver1", "approver2", "approver3", "role:maintainer"], "required_approvals": 2,
+                          "timeout_hours": 24, "message": "Ship this build to production?"}},
+            {"name": "deploy", "type": "shell", "parameters": {"command": 'echo deployed >> "$RUNS_FILE"'}},
+        ],
+    }, owner=users["maintainer"])
+    execution = executions.start(pipeline, trigger_data={}, variables={"runs_file": str(runs)}, user=users["maintainer"])
+
+    def request_row():
+        fresh()
+        return db.session.execute(db.select(ApprovalRequest).filter_by(execution_id=execution.id)).scalars().first()
+    req = wait_for(request_row, message="the approval request")
+    row = f"#approval-{req.id}"
+
+    # The maintainer started it: listed (role:maintainer), yet cannot approve their own request.
+    browser_login(page, "maintainer1")
+    page.goto("/approvals/")
+    expect(page.locator(row)).to_have_count(0)  # not "waiting for me"
+    page.get_by_role("link", name="Requested by me").click()
+    expect(page.locator(row)).to_contain_text("Ship this build to production?")
+    expect(page.locator(row)).to_contain_text("0 of 2")
+    expect(page.locator(f"{row} button[value=approve]")).to_have_count(0)
+    expect(page.locator(row)).to_contain_text("cannot approve your own request")
+
+    # First approver: from the inbox, with a comment; the row updates in place, the badge empties.
+    a1 = new_page(browser, live_server)
+    browser_login(a1, "approver1")
+    expect(a1.locator("#approvals-badge")).to_have_text("1")
+    a1.get_by_role("link", name=re.compile("Approvals")).click()
+    expect(a1.locator(row)).to_contain_text("Ship this build to production?")
+    expect(a1.locator(row)).to_contain_text("release approval")
+    expect(a1.locator(row)).to_contain_text("maintainer1")
+    expect(a1.locator(row)).to_contain_text("0 of 2")
+    a1.evaluate("window.__sameDocument = true")
+    a1.locator(f"{row} textarea[name=comment]").fill("Checked the changelog")
+    a1.locator(f"{row} button[value=approve]").click()
+    expect(a1.locator(row)).to_contain_text("You approved. 1 of 2 approvals so far.")
+    expect(a1.locator(row)).to_contain_text("Checked the changelog")
+    expect(a1.locator(f"{row} button[value=approve]")).to_have_count(0)
+    expect(a1.locator("#approvals-badge")).to_have_text("")
+    assert a1.evaluate("window.__sameDocument") is True  # no page reload
+    fresh()
+    assert db.session.get(ApprovalRequest, req.id).status == "pending"
+
+    # Second approver: keyboard only.
+    a2 = new_page(browser, live_server)
+    browser_login(a2, "approver2")
+    a2.goto("/approvals/")
+    expect(a2.locator(row)).to_contain_text("1 of 2")
+    a2.locator(f"{row} textarea[name=comment]").focus()
+    a2.keyboard.type("Go")
+    a2.keyboard.press("Tab")
+    expect(a2.locator(f"{row} button[value=approve]")).to_be_focused()
+    a2.keyboard.press("Enter")
+    expect(a2.locator(f"{row}")).to_contain_text("You approved: release approval continues.")
+    expect(a2.locator(f"{row} .pill").first).to_have_text("approved")
+
+    # The step runs, once.
+    def done():
+        fresh()
+        e = db.session.get(WorkflowExecution, execution.id)
+        return e if e.status in ("success", "failed", "cancelled") else None
+    assert wait_for(done, timeout=60, message="the execution to finish").status == "success"
+    assert runs.read_text().splitlines() == ["deployed"]
+    deploy = db.session.execute(db.select(StepExecutionHistory).filter_by(
+        execution_id=execution.id, step_name="deploy")).scalars().all()
+    assert [a.status for a in deploy] == ["success"]
+
+    # The audit tells the story; the maintainer still cannot approve (now: already approved).
+    page.goto(f"/approvals/{req.id}")
+    expect(page.locator(".timeline li").nth(1)).to_contain_text(re.compile(r"approver1\s+approved: Checked the changelog"))
+    expect(page.locator(".timeline li").nth(2)).to_contain_text(re.compile(r"approver2\s+approved: Go"))
+    expect(page.locator(".timeline")).to_contain_text("quorum reached: 2 of 2 approvals (approver1, approver2)")
+    expect(page.locator("button[value=approve]")).to_have_count(0)
+    for pg in (a1, a2):
+        pg.context.close()
