@@ -219,3 +219,16 @@ def test_the_demo_receiver_of_this_server_is_allowed_without_configuration(app):
     demo = Destination(kind="webhook", label="x", url="http://127.0.0.1:5000/notifications/demo-webhook")
     other = Destination(kind="webhook", label="x", url="http://127.0.0.1:5000/api/v1/pipelines/")
     assert svc.allowlist(demo) == ["127.0.0.1"] and svc.allowlist(other) == []
+
+
+def test_step_failed_is_for_the_final_failure_only(app, receiver):
+    p = pipeline(None, steps=[{"name": "build", "type": "shell", "parameters": {"command": "true"},
+                               "notification_config": {"on_failure": True, "events": ["retrying"],
+                                                       "webhook_url": f"{receiver.url}/s"}}])
+    ex = execution(p, "running")
+    first = attempt(ex, "build", "failed")
+    attempt(ex, "build", "retry_scheduled", retry_count=1)
+    assert svc.emit("step_failed", ex, first) == []          # a retry follows: not a final failure
+    assert len(svc.emit("retrying", ex, first, {"delay_seconds": 5})) == 1
+    second = db.session.execute(select(NotificationDelivery)).scalars().all()
+    assert [d.event for d in second] == ["retrying"]

@@ -9,6 +9,9 @@ map to events by level:
     step:     on_success -> step_success   on_failure -> step_failed, timed_out
     both:     on_approval_required -> approval_required (and its reminders)
 
+`step_failed` and `timed_out` are about a step's final failure: an attempt followed by a retry is
+announced by `retrying` instead.
+
 `events` adds any of EVENTS at either level (a pipeline listing step events hears them for every
 step). `fixed` and `regression` compare an execution's outcome with the previous finished
 (success/failed) execution of the same pipeline, by finish time.
@@ -34,6 +37,7 @@ from typing import Any, Iterable
 from flask import current_app
 from sqlalchemy import select, update
 
+from ..database import begin_locked
 from ..extensions import db
 from ..models import NotificationChannel, NotificationDelivery, Pipeline, PipelineStep, StepExecutionHistory, User, WorkflowExecution, utcnow
 from ..models.notification import CHANNEL_TYPES, DELIVERY_STATES
@@ -335,8 +339,17 @@ def previous_outcome(execution: WorkflowExecution) -> WorkflowExecution | None:
     ).scalar_one_or_none()
 
 
+def _retried(attempt: StepExecutionHistory) -> bool:
+    """Has this attempt a successor (a scheduled or running retry)?"""
+    return db.session.execute(select(StepExecutionHistory.id).where(
+        StepExecutionHistory.execution_id == attempt.execution_id, StepExecutionHistory.step_id == attempt.step_id,
+        StepExecutionHistory.retry_count > attempt.retry_count).limit(1)).first() is not None
+
+
 def _emit(event: str, execution: WorkflowExecution, attempt, extra: dict, plans: list[_Plan], step: dict | None) -> list[int]:
     key = ALIASES.get(event, event)
+    if key in ("step_failed", "timed_out") and attempt is not None and _retried(attempt):
+        return []  # not the step's final failure: "retrying" tells about this attempt
     previous = None
     if any(e in ("fixed", "regression") for p in plans for e in p.events):
         previous = previous_outcome(execution)
@@ -365,6 +378,7 @@ def _emit(event: str, execution: WorkflowExecution, attempt, extra: dict, plans:
                     subject=subject[:300], body=body))
     if not rows:
         return []
+    begin_locked()
     db.session.add_all(rows)
     db.session.commit()
     for row in rows:
@@ -421,6 +435,7 @@ def _enqueue(row: NotificationDelivery) -> None:
         enqueue(NOTIFICATIONS, "webapp.tasks.notifications.deliver", row.id, **options)
     except Exception as e:  # noqa: BLE001 - Redis down: the row says so, the execution goes on
         log.warning("notifications: could not enqueue delivery %s: %s", row.id, e)
+        begin_locked()
         db.session.execute(update(NotificationDelivery).where(NotificationDelivery.id == row.id)
                            .values(error=f"Could not queue the delivery: {e}"))
         db.session.commit()
@@ -499,6 +514,7 @@ class Outcome:
 
 def deliver(delivery_id: int, final_attempt: bool = True) -> Outcome:
     """Send one delivery (an attempt). Returns 'retrying' when the job should be retried by RQ."""
+    begin_locked()
     claimed = db.session.execute(
         update(NotificationDelivery)
         .where(NotificationDelivery.id == delivery_id, NotificationDelivery.status.in_(("pending", "retrying")))
@@ -536,6 +552,7 @@ def _attempt(row: NotificationDelivery, final_attempt: bool) -> Outcome:
 
 
 def _record(row: NotificationDelivery, status: str, error: str, dest: Destination | None, detail: str = "") -> Outcome:
+    begin_locked()  # SQLite: a transaction that read cannot become a writer once others committed
     if dest is not None:
         error = scrub(error, dest.secrets)
         row.target = dest.target[:500]
@@ -620,6 +637,7 @@ def reconcile_deliveries(stale_seconds: float | None = None) -> dict[str, int]:
         stale_seconds = max(900, 2 * max(intervals or [0]) + 300)
     cutoff = utcnow() - timedelta(seconds=stale_seconds)
     allowed = 1 + len(intervals)
+    begin_locked()
     stale = db.session.execute(select(NotificationDelivery).where(
         NotificationDelivery.status.in_(OPEN_STATES), NotificationDelivery.updated_at < cutoff)).scalars().all()
     counts = {"requeued": 0, "failed": 0}
@@ -648,6 +666,7 @@ def send_now(dest: Destination, event: str, subject: str, body: str, execution: 
     row = NotificationDelivery(execution_id=execution.id if execution else None, step_id=step_id, event=event,
                                channel=dest.label[:80], target=dest.target[:500], status="sending", attempts=1,
                                error="", subject=subject[:300], body=body)
+    begin_locked()
     db.session.add(row)
     db.session.commit()
     try:
@@ -722,6 +741,7 @@ def run_step_notifications(execution_key: str, attempt_id: int, params: dict) ->
                                        event="step", channel=name[:80], target="", status="failed", attempts=1,
                                        error=f"attempt 1: There is no active channel named '{name}'.",
                                        subject=subject[:300], body=body)
+            begin_locked()
             db.session.add(row)
             db.session.commit()
             problems.append(row)
@@ -765,9 +785,10 @@ def save_step_notification_config(pipeline_id: int, step_id: int, cfg: Any) -> P
         for key in ("channels", "recipients"):
             if key in cfg:
                 cfg[key] = _str_list(cfg[key])
+    begin_locked()
     step.notification_config = cfg
-    pipeline = db.session.get(Pipeline, pipeline_id)
-    pipeline.version = (pipeline.version or 1) + 1
+    db.session.execute(update(Pipeline).where(Pipeline.id == pipeline_id).values(version=Pipeline.version + 1)
+                       .execution_options(synchronize_session=False))
     db.session.commit()
     return step
 
@@ -911,6 +932,7 @@ def save_channel(data: dict, channel: NotificationChannel | None = None) -> Noti
     cfg = _clean_config(kind, raw, channel.config if channel else None, errors)
     if errors:
         raise ValidationError("The channel was not saved: fix the fields below.", errors)
+    begin_locked()
     if channel is None:
         channel = NotificationChannel(channel_type=kind)
         db.session.add(channel)
@@ -961,6 +983,7 @@ def delete_channel(channel: NotificationChannel) -> None:
         raise ValidationError(f"'{channel.name}' is still used by {', '.join(used[:5])}"
                               f"{' and more' if len(used) > 5 else ''}: remove it there first.",
                               {"name": "channel in use"})
+    begin_locked()
     db.session.delete(channel)
     db.session.commit()
 
