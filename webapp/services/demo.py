@@ -42,7 +42,8 @@ DEMO_PIPELINES = [
             {"name": "release approval", "type": "approval",
              "approval": {"users": ["approver1", "approver2", "approver3"], "required_approvals": 2, "timeout_hours": 24,
                           "message": "Ship this build to production?"},
-             "conditions": {"type": "expression", "expression": '$variables.env === "production"'}},
+             # only production releases need the two approvals (like a protected environment)
+             "conditions": {"type": "expression", "expression": 'has(variables.env) && $variables.env === "production"'}},
             {"name": "deploy", "type": "shell", "parameters": {"command": "echo deploying $STEP_BUILD_ARTIFACT to $ENV"},
              "conditions": {"type": "on_success"}, "timeout_seconds": 300, "estimated_duration": 60},
             {"name": "rollback", "type": "shell", "depends_on": ["deploy"], "parameters": {"command": "echo rolling back"},
