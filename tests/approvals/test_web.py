@@ -147,6 +147,11 @@ def test_gate_template_renders_for_the_execution_page(app, make_gate, users):
         html = render_template("approvals/_gate.html", request=req, current_user=users["approver3"])
     assert 'value="approve"' in html and 'value="reject"' in html and "0 of 2" in html
     assert f'hx-post="/approvals/{req.id}/decide"' in html and 'name="csrf_token"' in html
+    # an including page may pass it as approval_request and keep Flask's request for itself
+    with app.test_request_context("/"):
+        login_user(users["approver3"])
+        same = render_template("approvals/_gate.html", approval_request=req, current_user=users["approver3"])
+    assert f'id="approval-gate-{req.id}"' in same and 'value="approve"' in same
 
 
 def test_audit_page(client_as, make_gate, users):
