@@ -62,7 +62,7 @@ VIEWER_FORBIDDEN = [
     ("post", "/pipelines/{p}/steps/{s}/move"), ("get", "/pipelines/{p}/groups/new"), ("post", "/pipelines/{p}/groups/new"),
     ("post", "/pipelines/{p}/groups/{g}/edit"), ("post", "/pipelines/{p}/groups/{g}/delete"),
     ("post", "/pipelines/{p}/settings"), ("post", "/pipelines/{p}/yaml"), ("post", "/pipelines/{p}/delete"),
-    ("post", "/pipelines/{p}/conditions/test"),
+    ("post", "/pipelines/{p}/conditions/test"), ("post", "/pipelines/{p}/active"),
 ]
 
 
@@ -318,3 +318,15 @@ def test_graph_macro_colours_statuses(app, pipeline):
                                      layout=layout, st={build: "failed", str(step_id(pipeline, "unit")): "success"})
     assert 'class="dag-node critical st-failed"' in svg and "fill:var(--fail-bg);stroke:var(--fail)" in svg
     assert "st-success" in svg and 'id="run-arrow"' in svg
+
+
+def test_activate_and_deactivate_from_the_list(client_as, pipeline):
+    c = client_as("maintainer")
+    part = c.post(f"/pipelines/{pipeline.id}/active", data={"active": "0", "state": "active"}, headers={"HX-Request": "true"})
+    html = part.get_data(as_text=True)
+    assert html.lstrip().startswith('<section id="pipeline-list"') and "deactivated" in html
+    assert "No pipeline matches among the active ones" in html  # the list keeps its filter
+    assert fresh(pipeline).active is False
+    resp = c.post(f"/pipelines/{pipeline.id}/active", data={"active": "1", "q": "rel"})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/pipelines/?q=rel")
+    assert fresh(pipeline).active is True

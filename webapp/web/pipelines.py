@@ -64,6 +64,23 @@ def index():
                   can_edit=_can_edit())
 
 
+@bp.post("/<int:pid>/active")
+@role_required("maintainer")
+def set_active(pid: int):
+    """The list's Activate / Deactivate button; answers with the list as filtered before."""
+    p = _pipeline(pid)
+    active = request.form.get("active") == "1"
+    svc.update_settings(p, {"active": active})
+    message = f"Pipeline '{p.name}' {'activated' if active else 'deactivated'}."
+    q, state = request.form.get("q", ""), request.form.get("state", "all")
+    if is_partial_request():
+        pipelines = svc.list_pipelines(search=q, active={"active": True, "inactive": False}.get(state))
+        return render("pipelines/index.html", "list", pipelines=pipelines, q=q, state=state, can_edit=True,
+                      latest=svc.latest_executions([x.id for x in pipelines]), notice=message)
+    flash(message, "success")
+    return _see_other("pipelines.index", **({"q": q} if q else {}), **({"state": state} if state != "all" else {}))
+
+
 @bp.route("/new", methods=["GET", "POST"])
 @role_required("maintainer")
 def new():
