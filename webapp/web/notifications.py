@@ -78,7 +78,7 @@ def deliveries():
     return render("notifications/deliveries.html", "results", rows=rows, total=total, filters=filters, page=page,
                   deliveries=[d for d, _ in rows], execution_ids={d.execution_id: ex for d, ex in rows if ex},
                   pages=max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE), statuses=DELIVERY_STATES,
-                  channels=svc.delivery_channels(), events=svc.EVENTS + ("test", "step"),
+                  channels=svc.delivery_channels(), events=svc.EVENTS + ("approval_reminder", "step", "test"),
                   live=any(d.status in svc.OPEN_STATES for d, _ in rows))
 
 
