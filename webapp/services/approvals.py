@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from ..database import begin_locked
 from ..extensions import db
@@ -135,7 +136,9 @@ def waiting_for(user: User, pipeline_id: int | None = None) -> list[ApprovalRequ
     """Pending requests `user` can approve or reject and has not decided yet, oldest first."""
     if not getattr(user, "is_authenticated", False):
         return []
-    q = select(ApprovalRequest).where(ApprovalRequest.status == PENDING).order_by(ApprovalRequest.created_at, ApprovalRequest.id)
+    q = (select(ApprovalRequest).where(ApprovalRequest.status == PENDING)
+         .options(selectinload(ApprovalRequest.execution))
+         .order_by(ApprovalRequest.created_at, ApprovalRequest.id))
     if pipeline_id:
         q = q.where(ApprovalRequest.pipeline_id == pipeline_id)
     pending = db.session.execute(q).scalars().all()
