@@ -20,14 +20,15 @@ class Sizes:
     submit: int
     memory_steps: int
     analysis_rounds: int
+    quick: bool = False
 
     @classmethod
     def for_mode(cls, quick: bool, rounds: int | None = None) -> "Sizes":
         if quick:
-            return cls(rounds=rounds or 3, chain=30, fan=20, throughput=100, submit=500, memory_steps=300,
-                       analysis_rounds=3)
+            return cls(rounds=rounds or 3, chain=20, fan=10, throughput=40, submit=200, memory_steps=200,
+                       analysis_rounds=3, quick=True)
         return cls(rounds=rounds or 3, chain=100, fan=50, throughput=1000, submit=500, memory_steps=5000,
-                   analysis_rounds=5)
+                   analysis_rounds=5, quick=False)
 
 
 def _med(values) -> float:
@@ -69,7 +70,7 @@ class Suite:
         """Each worker imports its modules on its first job: not part of any figure."""
         n = 4 * self.stack.n_workers
         pid = self.pipeline("warm-up", sides.flat(n))
-        for _ in range(2):
+        for _ in range(1 if self.sizes.quick else 2):
             sides.ansflow_run(self.stack, pid)
             sides.raw_run_flat(self.stack, n)
         say("  warm-up done")
@@ -167,9 +168,11 @@ class Suite:
                 "raw_rq_enqueue_loop_ms": _r(_med(loop_ms), 1), "steps": n, "rounds": self.sizes.rounds}
 
     def memory(self) -> dict:
-        """RSS of fresh AnsFlow workers after a warm-up, and after running memory_steps steps
-        (executions of 100 independent steps, one after another)."""
-        self.stack.restart_ansflow_workers()
+        """RSS of the AnsFlow workers after a warm-up, and after running memory_steps more steps
+        (executions of 100 independent steps, one after another). The full run starts fresh
+        workers first; the quick run measures the workers that ran the other figures."""
+        if not self.sizes.quick:
+            self.stack.restart_ansflow_workers()
         pid = self.pipeline("flat100", sides.flat(100))
         warm = self.pipeline("memory warm-up", sides.flat(20))
         sides.ansflow_run(self.stack, warm)
