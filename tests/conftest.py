@@ -122,6 +122,14 @@ def users(app):
     return made
 
 
+def _forget_login():
+    """Requests reuse the test's app context (and so its `g`): drop the user that
+    Flask-Login cached there, so each client is authenticated by its own cookie or token."""
+    from flask import g
+
+    g.pop("_login_user", None)
+
+
 class AppClient:
     """A Flask test client that sends the CSRF token the way our pages do (X-CSRFToken)."""
 
@@ -137,12 +145,14 @@ class AppClient:
         return self.token
 
     def _headers(self, kwargs):
+        _forget_login()
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.token and "X-CSRFToken" not in headers:
             headers["X-CSRFToken"] = self.token
         return headers
 
     def get(self, *a, **kw):
+        _forget_login()
         return self.c.get(*a, **kw)
 
     def post(self, *a, **kw):
@@ -188,6 +198,7 @@ class ApiClient:
 
     def __getattr__(self, method):
         def call(path, **kw):
+            _forget_login()
             headers = {**self.headers, **kw.pop("headers", {})}
             return getattr(self.c, method)(path, headers=headers, **kw)
         return call

@@ -91,3 +91,14 @@ def test_create_user_validation_saves_nothing(app):
     else:
         raise AssertionError("bad input was accepted")
     assert db.session.execute(db.select(User)).first() is None
+
+
+def test_two_clients_in_one_test_keep_their_own_identity(client_as, api_as):
+    """Guards the harness: a viewer is not mistaken for the maintainer who made the previous request."""
+    maintainer, viewer = client_as("maintainer"), client_as("viewer")
+    assert maintainer.get("/account").status_code == 200
+    assert "Viewer One" in viewer.get("/account").get_data(as_text=True)
+    m_api, v_api = api_as("maintainer"), api_as("viewer")
+    assert m_api.get("/api/v1/me/").json["username"] == "maintainer1"
+    assert v_api.get("/api/v1/me/").json["username"] == "viewer1"
+    assert v_api.post("/api/v1/pipelines/", json={"name": "x", "steps": []}).status_code == 403
