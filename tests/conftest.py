@@ -138,6 +138,7 @@ class AppClient:
         self.token = None
 
     def refresh_token(self, path: str = "/login") -> str:
+        _forget_login()
         html = self.c.get(path).get_data(as_text=True)
         m = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'"X-CSRFToken": "([^"]+)"', html)
         assert m, f"no CSRF token on {path}"
@@ -166,6 +167,7 @@ class AppClient:
 
     def login(self, username: str, password: str = PASSWORD):
         self.refresh_token("/login")
+        _forget_login()
         resp = self.c.post("/login", data={"username": username, "password": password, "csrf_token": self.token})
         assert resp.status_code == 303, resp.get_data(as_text=True)[:500]
         self.refresh_token("/account")
