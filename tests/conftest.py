@@ -123,11 +123,13 @@ def users(app):
 
 
 def _forget_login():
-    """Requests reuse the test's app context (and so its `g`): drop the user that
-    Flask-Login cached there, so each client is authenticated by its own cookie or token."""
+    """Requests reuse the test's app context (and so its `g`): empty it, so each client is
+    authenticated by its own cookie or token (Flask-Login caches the user in g, Flask-WTF the
+    CSRF token), as in a real server where every request has a fresh g."""
     from flask import g
 
-    g.pop("_login_user", None)
+    for name in list(vars(g)):
+        delattr(g, name)
 
 
 class AppClient:
