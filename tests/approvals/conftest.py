@@ -12,22 +12,6 @@ from webapp.services import approvals as svc
 from webapp.services.pipelines import freeze, save_definition
 
 
-@pytest.fixture(autouse=True)
-def _fresh_login_per_request(app):
-    """The test client reuses the test's app context, so what Flask-Login and Flask-WTF cache on g
-    (the user, the CSRF token) would leak from one client's request into another's. In production
-    each request has its own app context, so g starts empty."""
-    from flask import g, request_started
-
-    def clear(sender, **extra):
-        for key in list(g):
-            g.pop(key, None)
-
-    request_started.connect(clear, app)
-    yield
-    request_started.disconnect(clear, app)
-
-
 def gated_definition(name: str = "release", approval: dict | None = None, **extra) -> dict:
     approval = approval if approval is not None else {
         "users": ["approver1", "approver2", "approver3"], "required_approvals": 2, "timeout_hours": 24,

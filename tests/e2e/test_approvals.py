@@ -1,6 +1,6 @@
 """Chromium: a maintainer runs a pipeline with a 2-of-3 approval gate; one approver approves from
-their inbox, a second one approves (by keyboard); the step runs; the maintainer could not approve
-their own request. The row updates in place and the navigation badge follows."""
+their inbox, a second one approves on the execution page's gate (by keyboard); the step runs; the
+maintainer could not approve their own request. The row updates in place and the badge follows."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,6 @@ from playwright.sync_api import expect
 
 from webapp.extensions import db
 from webapp.models import ApprovalRequest, StepExecutionHistory, WorkflowExecution
-from webapp.services import executions
 from webapp.services.pipelines import save_definition
 
 from ..conftest import browser_login, wait_for
@@ -43,16 +42,29 @@ def test_two_of_three_gate_through_the_inbox(page, browser, live_server, workers
             {"name": "deploy", "type": "shell", "parameters": {"command": 'echo deployed >> "$RUNS_FILE"'}},
         ],
     }, owner=users["maintainer"])
-    execution = executions.start(pipeline, trigger_data={}, variables={"runs_file": str(runs)}, user=users["maintainer"])
+
+    # The maintainer runs it from the browser and lands on the execution page, which shows the gate.
+    browser_login(page, "maintainer1")
+    page.goto(f"/executions/new?pipeline={pipeline.id}")
+    page.fill("#r-variables", f"RUNS_FILE={runs}")
+    page.get_by_role("button", name="Run pipeline").click()
+    page.wait_for_url(re.compile(r".*/executions/[0-9a-f]+$"))
+    fresh()
+    execution = db.session.execute(db.select(WorkflowExecution).filter_by(pipeline_id=pipeline.id)).scalars().one()
+    assert page.url.endswith(execution.execution_id)
 
     def request_row():
         fresh()
         return db.session.execute(db.select(ApprovalRequest).filter_by(execution_id=execution.id)).scalars().first()
     req = wait_for(request_row, message="the approval request")
     row = f"#approval-{req.id}"
+    gate = f"#approval-gate-{req.id}"
+    # no reload: the execution page brings the gate in by itself when the request opens
+    expect(page.locator(gate)).to_contain_text("0 of 2")
+    expect(page.locator(f"{gate} button[value=approve]")).to_have_count(0)
+    expect(page.locator(gate)).to_contain_text("cannot approve your own request")
 
     # The maintainer started it: listed (role:maintainer), yet cannot approve their own request.
-    browser_login(page, "maintainer1")
     page.goto("/approvals/")
     expect(page.locator(row)).to_have_count(0)  # not "waiting for me"
     page.get_by_role("link", name="Requested by me").click()
@@ -81,18 +93,19 @@ def test_two_of_three_gate_through_the_inbox(page, browser, live_server, workers
     fresh()
     assert db.session.get(ApprovalRequest, req.id).status == "pending"
 
-    # Second approver: keyboard only.
+    # Second approver: on the execution page's gate, keyboard only.
     a2 = new_page(browser, live_server)
     browser_login(a2, "approver2")
-    a2.goto("/approvals/")
-    expect(a2.locator(row)).to_contain_text("1 of 2")
-    a2.locator(f"{row} textarea[name=comment]").focus()
+    a2.goto(f"/executions/{execution.execution_id}")
+    expect(a2.locator(gate)).to_contain_text("1 of 2")
+    expect(a2.locator(gate)).to_contain_text("Checked the changelog")
+    a2.locator(f"{gate} textarea[name=comment]").focus()
     a2.keyboard.type("Go")
     a2.keyboard.press("Tab")
-    expect(a2.locator(f"{row} button[value=approve]")).to_be_focused()
+    expect(a2.locator(f"{gate} button[value=approve]")).to_be_focused()
     a2.keyboard.press("Enter")
-    expect(a2.locator(f"{row}")).to_contain_text("You approved: release approval continues.")
-    expect(a2.locator(f"{row} .pill").first).to_have_text("approved")
+    expect(a2.locator(gate)).to_contain_text("You approved: release approval continues.")
+    expect(a2.locator(f"{gate} .pill").first).to_have_text("approved")
 
     # The step runs, once.
     def done():
