@@ -40,6 +40,11 @@ def test_run_and_watch_live_then_dashboard(page, live_server, workers, users):
     expect(log).to_contain_text("first-line for staging", timeout=20000)
     assert "second-line" not in log.inner_text() and status.inner_text() == "running"
     expect(page.locator('.gantt-row[data-step="stream"] .gantt-bar')).to_have_count(1)
+    # keyboard focus survives the polling swaps (focusable elements of the live block have ids)
+    page.locator(".gantt-label a").first.focus()
+    before = page.locator("#execution-duration").inner_text()
+    expect(page.locator("#execution-duration")).not_to_have_text(before, timeout=5000)  # a swap happened
+    assert page.evaluate("document.activeElement.id").startswith("gantt-link-")
 
     expect(status).to_have_text("success", timeout=30000)
     expect(page.locator("#execution-progress")).to_have_text("2/2")

@@ -44,7 +44,7 @@ def _document() -> None:
     described = (
         "Executions by status, success rate (successful / finished, %), median, p95 and average duration, "
         "average queue wait of step attempts, retries, most failing and slowest steps, recent failures and "
-        "executions per day, over a bounded window")
+        "executions per day (for windows up to 90 days), over a bounded window")
     one = _op(f"Workflow metrics of a pipeline: {described}", tags=["metrics"])
     one["parameters"] = params
     one["responses"]["404"] = {"description": "Not found", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

@@ -314,7 +314,7 @@ def detail_context(e, message: str | None = None, error: str | None = None,
         "gantt": gantt(e, steps, requests, now),
         "progress": {"done": done, "total": len(steps), "counts": counts,
                      "percent": round(100 * done / len(steps)) if steps else 100},
-        "layout": analysis.snapshot_layout(e.pipeline_snapshot) if steps else None,
+        "layout": _layout(e) if steps else None,
         "statuses": {s["id"]: s["status"] for s in steps},
         "variables": [(k, MASK if k in secret else v, k in secret) for k, v in (e.context_variables or {}).items()],
         "trigger": e.trigger_data or {},
@@ -329,6 +329,20 @@ def detail_context(e, message: str | None = None, error: str | None = None,
         "retryable": terminal and any(s["status"] in ("failed", "timed_out", "cancelled") for s in steps),
         "pipeline_version_now": e.pipeline.version if e.pipeline is not None else None,
     }
+
+
+_LAYOUTS: dict[tuple[str, int], dict] = {}
+
+
+def _layout(e) -> dict:
+    """The graph layout of the frozen definition: it never changes, so it is computed once per process."""
+    key = (e.execution_id, e.pipeline_version)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        if len(_LAYOUTS) > 128:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[key] = analysis.snapshot_layout(e.pipeline_snapshot)
+    return found
 
 
 def _children(e) -> list:
