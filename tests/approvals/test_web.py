@@ -7,6 +7,8 @@ from webapp.extensions import db
 from webapp.models import ApprovalDecision, ApprovalRequest
 from webapp.services import approvals as svc
 
+from ..conftest import AppClient
+
 HX = {"HX-Request": "true"}
 
 
@@ -110,11 +112,10 @@ def test_without_javascript_the_form_posts_and_redirects(client_as, make_gate):
 def test_roles_and_csrf(client_as, make_gate, app):
     req = make_gate()
     assert client_as("viewer").post(f"/approvals/{req.id}/decide", data={"action": "approve"}).status_code == 403
-    raw = app.test_client()
-    assert raw.get("/approvals/").status_code == 302  # to the login page
+    assert AppClient(app.test_client()).get("/approvals/").status_code == 302  # to the login page
     c = client_as("approver")
-    c.token = None
-    resp = c.c.post(f"/approvals/{req.id}/decide", data={"action": "approve"})
+    c.token = None  # no CSRF token
+    resp = c.post(f"/approvals/{req.id}/decide", data={"action": "approve"})
     assert resp.status_code == 400
     assert db.session.query(ApprovalDecision).count() == 0
 
