@@ -53,6 +53,8 @@ class Config:
         self.HEARTBEAT_SECONDS = int(os.environ.get("ANSFLOW_HEARTBEAT_SECONDS", "5"))
         # Hosts/networks that webhook targets may resolve to although private (comma separated).
         self.NOTIFY_ALLOWLIST = [h.strip() for h in os.environ.get("ANSFLOW_NOTIFY_ALLOWLIST", "").split(",") if h.strip()]
+        # seconds between delivery retries of a notification (RQ Retry intervals)
+        self.NOTIFY_RETRY_INTERVALS = [int(x) for x in os.environ.get("ANSFLOW_NOTIFY_RETRY_INTERVALS", "10,60,300").split(",") if x.strip()]
         self.SMTP_HOST = os.environ.get("SMTP_HOST", "127.0.0.1")
         self.SMTP_PORT = int(os.environ.get("SMTP_PORT", "25"))
         self.SMTP_USER = os.environ.get("SMTP_USER", "")

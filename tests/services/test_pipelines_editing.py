@@ -127,7 +127,7 @@ def test_duplicate_group_names_are_refused(pipeline):
 
 def test_settings_and_inactive_survive_yaml_round_trip(pipeline):
     svc.update_settings(pipeline, {"active": False, "allow_self_approval": True,
-                                   "notification_config": {"on_failure": True}})
+                                   "notification_config": {"on_failure": True, "recipients": ["ops@example.test"]}})
     text = svc.to_yaml(pipeline)
     before = svc.export_definition(pipeline)
     svc.import_yaml(text, pipeline=pipeline)
@@ -135,6 +135,9 @@ def test_settings_and_inactive_survive_yaml_round_trip(pipeline):
     with pytest.raises(ValidationError) as e:
         svc.update_settings(pipeline, {"notification_config": ["x"]})
     assert "notification_config" in e.value.fields
+    with pytest.raises(ValidationError) as e:  # an event with nowhere to send it
+        svc.update_settings(pipeline, {"notification_config": {"on_failure": True}})
+    assert "where to send" in e.value.fields["notification_config"]
 
 
 def test_yaml_import_as_new_pipeline_and_bad_yaml(pipeline):

@@ -250,10 +250,14 @@ def test_settings_and_delete(client_as, pipeline):
     resp = c.post(f"/pipelines/{pipeline.id}/settings", data={
         "name": "release 2", "description": "new words", "allow_self_approval": "1",
         "notification_config": '{"on_failure": true}'})
+    assert resp.status_code == 422 and "where to send" in resp.get_data(as_text=True)
+    resp = c.post(f"/pipelines/{pipeline.id}/settings", data={
+        "name": "release 2", "description": "new words", "allow_self_approval": "1",
+        "notification_config": '{"on_failure": true, "recipients": ["ops@example.test"]}'})
     assert resp.status_code == 303
     p = fresh(pipeline)
     assert (p.name, p.active, p.allow_self_approval, p.notification_config, p.version) == \
-        ("release 2", False, True, {"on_failure": True}, 2)
+        ("release 2", False, True, {"on_failure": True, "recipients": ["ops@example.test"]}, 2)
     resp = c.post(f"/pipelines/{pipeline.id}/delete", data={"confirm_name": "release"})
     assert resp.status_code == 422 and fresh(pipeline) is not None
     from webapp.models import WorkflowExecution

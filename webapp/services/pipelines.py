@@ -101,8 +101,7 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
         steps = []
     group_ids: set[str] = set()
     group_names: set[str] = set()
-    if data.get("notification_config") is not None and not isinstance(data.get("notification_config"), dict):
-        errors["notification_config"] = "notification_config must be a mapping (a JSON object)."
+    errors.update(_notification_errors(data.get("notification_config"), "notification_config"))
     for i, g in enumerate(groups):
         p = f"groups[{i}]"
         if not isinstance(g, dict) or not isinstance(g.get("id"), str) or not re.match(r"^[A-Za-z0-9_\-]{1,64}$", g.get("id", "")):
@@ -163,8 +162,7 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
             errors[f"{p}.retry_policy.{k}"] = msg
         errors.update(_approval_errors(s.get("approval"), f"{p}.approval"))
         _int_or_none(s.get("timeout_seconds"), f"{p}.timeout_seconds", errors, 1, 7 * 24 * 3600)
-        if s.get("notification_config") is not None and not isinstance(s.get("notification_config"), dict):
-            errors[f"{p}.notification_config"] = "notification_config must be a mapping."
+        errors.update(_notification_errors(s.get("notification_config"), f"{p}.notification_config"))
         est = s.get("estimated_duration")
         if est is not None and (isinstance(est, bool) or not isinstance(est, (int, float)) or est < 0):
             errors[f"{p}.estimated_duration"] = "estimated_duration must be a number of seconds >= 0."
@@ -177,6 +175,16 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
                 where = "groups"
             errors.setdefault(where, problem.message)
     return errors
+
+
+def _notification_errors(cfg: Any, prefix: str) -> dict[str, str]:
+    from .notifications import validate_notification_config
+
+    out = {}
+    for key, message in validate_notification_config(cfg).items():
+        key = key.removeprefix("notification_config").lstrip(".")
+        out[f"{prefix}.{key}" if key else prefix] = message
+    return out
 
 
 def to_pipeline_def_from_data(data: dict) -> PipelineDef:
@@ -319,7 +327,15 @@ def _group_key(local_id: str) -> str:
 
 
 def export_definition(pipeline: Pipeline) -> dict:
-    """The definition as names (the inverse of save_definition)."""
+    """The definition as names (the inverse of save_definition).
+
+    A deep copy: the JSON values of ORM rows must never be shared with a caller, since an
+    in-place edit of a shared dict is invisible to change tracking and would be lost.
+    """
+    return copy.deepcopy(_export(pipeline))
+
+
+def _export(pipeline: Pipeline) -> dict:
     names = {s.id: s.name for s in pipeline.steps}
     group_local = {g.id: _local_group_id(g) for g in pipeline.groups}
     steps = []
@@ -729,7 +745,13 @@ def update_settings(pipeline: Pipeline, data: dict[str, Any], expected_version: 
     for key in SETTINGS_FIELDS:
         if key in data:
             defn[key] = data[key]
-    return _save(pipeline, defn, lambda e: {k if k in SETTINGS_FIELDS else "form": v for k, v in e.items()})
+    def as_form(errors: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, message in errors.items():
+            top = key.split(".")[0]  # "notification_config.channels" is shown on its textarea
+            _join(out, top if top in SETTINGS_FIELDS else "form", message)
+        return out
+    return _save(pipeline, defn, as_form)
 
 
 def create_pipeline(name: str, description: str = "", owner: User | None = None) -> Pipeline:

@@ -20,6 +20,7 @@ def reconcile_once(app: Flask) -> dict | None:
     from ..extensions import db
     from ..queues import redis_conn
     from ..services import executions as svc
+    from ..services import approvals, notifications
     from .steps import requeue_attempt
 
     with app.app_context():
@@ -28,11 +29,14 @@ def reconcile_once(app: Flask) -> dict | None:
         if not conn.set(f"{app.config['QUEUE_PREFIX']}:{LOCK_KEY}", "1", nx=True, ex=max(1, int(interval * 0.8))):
             return None
         try:
-            return svc.reconcile(
+            report = svc.reconcile(
                 app.config["HEARTBEAT_SECONDS"],
                 job_exists=lambda job_id: Job.exists(job_id, connection=conn),
                 requeue=requeue_attempt,
             )
+            report["deliveries"] = notifications.reconcile_deliveries()
+            report["approvals"] = approvals.sweep()  # expiries whose scheduled job was lost
+            return report
         finally:
             db.session.remove()
 
