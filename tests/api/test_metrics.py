@@ -84,7 +84,6 @@ def test_pipeline_metrics_match_the_inserted_history(history):
     assert m["slowest_steps"][0]["p95_seconds"] == pytest.approx(8.8)
     assert [f["execution_id"] for f in m["recent_failures"]] == ["e3failed"]
     assert m["recent_failures"][0]["failed_steps"] == ["deploy"] and m["recent_failures"][0]["pipeline_name"] == "release"
-    days = {d["date"]: d for d in m["daily"]}
     assert len(m["daily"]) == 31 and sum(d["total"] for d in m["daily"]) == 5
     assert "pipelines" not in m
 

@@ -194,7 +194,7 @@ def detail(execution_id: str):
 
 
 def _respond(e, block: str = "live", message: str | None = None, error: str | None = None,
-             step_errors: dict[int, str] | None = None, poll: bool = True) -> Response:
+             step_errors: dict[int, str] | None = None) -> Response:
     ctx = detail_context(e, message=message, error=error, step_errors=step_errors or {})
     resp = render("executions/detail.html", block, **ctx)
     resp.headers["Cache-Control"] = "no-store"
@@ -203,7 +203,7 @@ def _respond(e, block: str = "live", message: str | None = None, error: str | No
                   if request.values.get(f"seen_{key}") not in (None, ctx["sigs"][key])]
         if events:
             resp.headers["HX-Trigger"] = ", ".join(events)
-        if poll and ctx["terminal"] and request.method == "GET":
+        if ctx["terminal"] and request.method == "GET":
             resp.status_code = 286  # the execution is over: stop polling
     return resp
 
