@@ -232,3 +232,21 @@ def test_step_failed_is_for_the_final_failure_only(app, receiver):
     assert len(svc.emit("retrying", ex, first, {"delay_seconds": 5})) == 1
     second = db.session.execute(select(NotificationDelivery)).scalars().all()
     assert [d.event for d in second] == ["retrying"]
+
+
+def test_the_demo_receiver_is_accepted_without_an_allow_list_but_nothing_else_is(app):
+    """`make run` has no allow-list: the demo seed's webhook must still save; other loopback URLs must not."""
+    from webapp.services import notifications as n
+
+    app.config["NOTIFY_ALLOWLIST"] = []
+    assert n.validate_notification_config({"on_failure": True, "webhook_url": n.demo_webhook_url()}) == {}
+    other = n.validate_notification_config({"on_failure": True, "webhook_url": "http://127.0.0.1:5000/other"})
+    assert "loopback" in other["webhook_url"]
+
+
+def test_demo_seed_saves_without_an_allow_list(app):
+    from webapp.services.demo import seed
+
+    app.config["NOTIFY_ALLOWLIST"] = []
+    app.config["BASE_URL"] = "http://127.0.0.1:5000"  # the demo's receiver is this server's (make run's) own
+    assert seed() is True

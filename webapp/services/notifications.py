@@ -97,14 +97,16 @@ def retry_intervals() -> list[int]:
     return values
 
 
-def allowlist(dest: Destination | None = None) -> list[str]:
-    """NOTIFY_ALLOWLIST, plus this server's own host when `dest` is exactly its demo receiver
-    (so the demo pipeline's webhook works without configuration, and nothing else does)."""
+def allowlist(dest: Destination | str | None = None) -> list[str]:
+    """NOTIFY_ALLOWLIST, plus this server's own host when `dest` (a destination or a URL) is
+    exactly its demo receiver (so the demo pipeline's webhook works without configuration, and
+    nothing else does). Saving and sending apply the same rule."""
     allowed = list(current_app.config.get("NOTIFY_ALLOWLIST") or [])
-    if dest is not None and dest.url and dest.url.split("?", 1)[0].rstrip("/") == demo_webhook_url():
+    url = dest if isinstance(dest, str) else (dest.url if dest is not None else None)
+    if url and url.split("?", 1)[0].rstrip("/") == demo_webhook_url():
         from urllib.parse import urlsplit
 
-        host = urlsplit(dest.url).hostname
+        host = urlsplit(url).hostname
         if host:
             allowed.append(host)
     return allowed
@@ -158,7 +160,7 @@ def _static_url_error(url: Any, field: str = "URL", check_private: bool = True) 
     except ValueError:
         literal = host in ("localhost", "localhost.")
     if literal and check_private:
-        reason = refusal(host, "127.0.0.1" if host.startswith("localhost") else host, allowlist())
+        reason = refusal(host, "127.0.0.1" if host.startswith("localhost") else host, allowlist(url.strip()))
         if reason:
             return f"Refused: {reason}."
     return None
