@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 3; the median is kept)")
     p.add_argument("--workers", type=int, default=2, help="worker processes per side (default 2)")
     p.add_argument("--fork", action="store_true", help="forking RQ workers (Worker) on both sides instead of SimpleWorker")
+    p.add_argument("--sizes", default="", help="override sizes, e.g. chain=100,fan=50,throughput=200,submit=500,memory_steps=1000")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(FIGURES)}")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"), help="where to write the JSON")
     return p.parse_args(argv)
@@ -75,6 +77,13 @@ def main(argv=None) -> int:
         print(f"unknown figure(s): {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}", file=sys.stderr)
         return 2
     sizes = Sizes.for_mode(args.quick, args.rounds)
+    if args.sizes:
+        try:
+            overrides = {k.strip(): int(v) for k, v in (item.split("=") for item in args.sizes.split(","))}
+            sizes = replace(sizes, **overrides)
+        except (ValueError, TypeError) as exc:
+            print(f"bad --sizes {args.sizes!r}: {exc}", file=sys.stderr)
+            return 2
     t_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ansflow-bench-"))
     from webapp.embedded_redis import EmbeddedRedis
