@@ -81,7 +81,7 @@ def test_group_timeout_cancels_unfinished_members_as_timed_out(app, workers):
     assert status_map(e) == {"quick": "success", "stuck": "timed_out"}
 
 
-def test_cancel_stops_within_two_seconds_and_still_runs_always_steps(app, workers, tmp_path):
+def test_cancel_stops_within_two_seconds_and_still_runs_always_steps(app, workers, tmp_path, users):
     workers(2)
     p = make_pipeline([
         {"name": "long", "parameters": {"command": _pid_cmd(tmp_path, "long", "sleep 120 & wait")}},
@@ -92,13 +92,13 @@ def test_cancel_stops_within_two_seconds_and_still_runs_always_steps(app, worker
     e = run(p)
     wait_status(e, "long", "running")
     wait_for(lambda: (tmp_path / "long.pid").exists(), timeout=10)
-    svc.cancel(refresh(e))
+    svc.cancel(refresh(e), users["maintainer"])
     pid = int((tmp_path / "long.pid").read_text())
     # the contract: cancelled within two seconds, its whole process group gone
     wait_for(lambda: latest(e, "long").status == "cancelled" and not pid_alive(pid), timeout=2,
              message="the running step to be cancelled and its process group killed")
     e = wait_finished(e, timeout=15)
-    assert e.status == "cancelled"
+    assert e.status == "cancelled" and "cancel requested by maintainer1" in e.status_reason
     s = status_map(e)
     assert s["long"] == "cancelled" and s["never"] == "cancelled" and s["teardown"] == "success"
     assert not [a for a in attempts(e) if a.status in ("running", "queued", "pending")]

@@ -141,8 +141,7 @@ def recovery_info(execution_id: str):
         "failed_steps": [n for n, r in results.items() if r["status"] in ("failed", "timed_out")],
         "succeeded_steps": [n for n, r in results.items() if r["status"] == "success"],
         "recovery_point": e.recovery_point,
-        "children": [c.execution_id for c in db.session.execute(
-            db.select(WorkflowExecution).filter_by(parent_execution_id=e.id)).scalars()],
+        "children": [c.execution_id for c in svc.children_of(e.id)],
     })
 
 

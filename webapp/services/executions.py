@@ -261,13 +261,16 @@ def _apply(d, execution: WorkflowExecution, by_id: dict, steps: dict, now: datet
             execution.recovery_point = {**(execution.recovery_point or {}), "groups": groups}
             return True
     elif isinstance(d, FinishExecution):
-        execution.status = d.status
-        execution.status_reason = d.reason
-        execution.finished_at = now
+        reason = d.reason
         if d.status == "cancelled":
             from . import approvals
 
             approvals.cancel_for_execution(execution.id)
+            if (execution.status_reason or "").startswith("cancel requested by"):  # keep who asked
+                reason = f"{d.reason} ({execution.status_reason})"
+        execution.status = d.status
+        execution.status_reason = reason
+        execution.finished_at = now
         after.append(lambda: emit_event(d.status, execution))
         return True
     elif isinstance(d, WakeAt):
@@ -527,6 +530,12 @@ def list_executions(pipeline_id: int | None = None, status: str | None = None, l
     if status:
         q = q.where(WorkflowExecution.status == status)
     return list(db.session.execute(q.limit(limit).offset(offset)).scalars())
+
+
+def children_of(execution_pk: int) -> list[WorkflowExecution]:
+    """Executions resumed from this one, oldest first."""
+    return list(db.session.execute(select(WorkflowExecution).filter_by(parent_execution_id=execution_pk)
+                                   .order_by(WorkflowExecution.id)).scalars())
 
 
 def attempts_of(execution_pk: int, step_id: int | None = None, status: str | None = None):

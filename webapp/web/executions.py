@@ -318,7 +318,7 @@ def detail_context(e, message: str | None = None, error: str | None = None,
         "statuses": {s["id"]: s["status"] for s in steps},
         "variables": [(k, MASK if k in secret else v, k in secret) for k, v in (e.context_variables or {}).items()],
         "trigger": e.trigger_data or {},
-        "children": _children(e),
+        "children": svc.children_of(e.id),
         "can_act": has_role(current_user, "maintainer"),
         "approval_requests": requests, "approvals_enabled": approvals_svc is not None,
         "deliveries": deliveries, "deliveries_enabled": notifications_svc is not None,
@@ -343,13 +343,6 @@ def _layout(e) -> dict:
             _LAYOUTS.clear()
         found = _LAYOUTS[key] = analysis.snapshot_layout(e.pipeline_snapshot)
     return found
-
-
-def _children(e) -> list:
-    from ..extensions import db
-    from ..models import WorkflowExecution
-    return list(db.session.execute(
-        db.select(WorkflowExecution).filter_by(parent_execution_id=e.id).order_by(WorkflowExecution.id)).scalars())
 
 
 def step_rows(e, attempts) -> list[dict[str, Any]]:
