@@ -179,7 +179,7 @@ def _supervise(group: "_Group", ctx: StepContext, log: LogBuffer) -> tuple[str |
             emitted = log.version
             safe_on_log(ctx, log.text(final=False))
             last_emit = time.monotonic()
-        time.sleep(TICK)
+        group.wait_exit(TICK)
     return None, ""
 
 
@@ -193,6 +193,22 @@ class _Group:
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"shell-log-{proc.pid}", daemon=True)
         self._reader.start()
+        # A pidfd becomes readable the moment bash exits (without reaping it), so a short step
+        # is noticed at once instead of at the next supervision tick.
+        try:
+            self._pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        self._backoff = 0.001
+
+    def wait_exit(self, timeout: float) -> None:
+        """Return when bash exits or after `timeout` seconds, whichever comes first."""
+        if self._pidfd is not None:
+            select.select([self._pidfd], [], [], timeout)
+            return
+        # no pidfd (old kernel): poll fast at first, then at the tick
+        time.sleep(min(timeout, self._backoff))
+        self._backoff = min(self._backoff * 2, timeout)
 
     def _read(self) -> None:
         fd = self.proc.stdout.fileno()
@@ -250,6 +266,9 @@ class _Group:
         self._stop.set()
         self._reader.join(timeout=10)
         self.proc.stdout.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         return code
 
 
@@ -290,6 +309,12 @@ def _reap_group(pgid: int, timeout: float) -> None:
     me = os.getpid()
     deadline = time.monotonic() + timeout
     while True:
+        try:
+            os.killpg(pgid, 0)   # zombies count as members, so ESRCH means nothing is left at all
+        except ProcessLookupError:
+            return               # the common case: no /proc scan needed
+        except PermissionError:
+            pass
         members = _group_members(pgid)
         pids = {pid for pid, _, _ in members}
         waiting = False
