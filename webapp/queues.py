@@ -35,8 +35,18 @@ def queue_name(purpose: str) -> str:
     return f"{current_app.config['QUEUE_PREFIX']}-{purpose}"
 
 
+_queues: dict[tuple[int, str, int], Queue] = {}
+
+
 def get_queue(purpose: str, connection: Redis | None = None) -> Queue:
-    return Queue(queue_name(purpose), connection=connection or redis_conn(), serializer=JSONSerializer)
+    conn = connection or redis_conn()
+    key = (os.getpid(), queue_name(purpose), id(conn))
+    q = _queues.get(key)
+    if q is None or q.connection is not conn:
+        if len(_queues) > 64:
+            _queues.clear()
+        q = _queues[key] = Queue(queue_name(purpose), connection=conn, serializer=JSONSerializer)
+    return q
 
 
 def enqueue(purpose: str, func: str, *args, job_id: str | None = None, at: datetime | None = None, **options):

@@ -1,12 +1,22 @@
 """The only ORM -> engine adapter: builds engine value types from rows and frozen snapshots."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from ..engine.types import Attempt, ExecutionSnapshot, GroupDef, PipelineDef, StepDef
 from .execution import StepExecutionHistory, WorkflowExecution
 
-_DEF_CACHE: dict[tuple[str, int], PipelineDef] = {}
+# The columns the planner needs; logs are read separately, and only for failed attempts.
+ATTEMPT_COLUMNS = (
+    StepExecutionHistory.id, StepExecutionHistory.step_id, StepExecutionHistory.step_name,
+    StepExecutionHistory.retry_count, StepExecutionHistory.max_retries, StepExecutionHistory.status,
+    StepExecutionHistory.exit_code, StepExecutionHistory.failure_kind, StepExecutionHistory.output_data,
+    StepExecutionHistory.started_at, StepExecutionHistory.finished_at, StepExecutionHistory.scheduled_for,
+    StepExecutionHistory.skip_reason, StepExecutionHistory.bypassed, StepExecutionHistory.upstream_failed,
+)
+LOG_TAIL = 8192
 
 
 def pipeline_def(frozen: dict[str, Any]) -> PipelineDef:
@@ -29,24 +39,48 @@ def pipeline_def(frozen: dict[str, Any]) -> PipelineDef:
     return PipelineDef(steps=steps, groups=groups)
 
 
-def cached_pipeline_def(execution: WorkflowExecution) -> PipelineDef:
-    """A frozen snapshot never changes, so its PipelineDef is built once per process.
+@dataclass(frozen=True)
+class Frozen:
+    """An execution's frozen definition, parsed once per process (it never changes)."""
+    definition: PipelineDef
+    steps: dict[int, dict[str, Any]]
+    has_approvals: bool
 
-    Keeping the same object also lets the planner reuse its per-definition structures.
+
+_FROZEN: "OrderedDict[str, Frozen]" = OrderedDict()
+
+
+def frozen(execution_id: str, load: Callable[[], dict[str, Any]]) -> Frozen:
+    """The Frozen of an execution; `load` reads its pipeline_snapshot on a cache miss.
+
+    Keeping the same PipelineDef object also lets the planner reuse its per-definition structures.
     """
-    key = (execution.execution_id, len(execution.pipeline_snapshot.get("steps", [])))
-    found = _DEF_CACHE.get(key)
+    found = _FROZEN.get(execution_id)
     if found is None:
-        if len(_DEF_CACHE) > 256:
-            _DEF_CACHE.clear()
-        found = _DEF_CACHE[key] = pipeline_def(execution.pipeline_snapshot)
+        snap = load()
+        found = Frozen(
+            definition=pipeline_def(snap),
+            steps={s["id"]: s for s in snap.get("steps", [])},
+            has_approvals=any(s.get("approval_required") for s in snap.get("steps", [])),
+        )
+        _FROZEN[execution_id] = found
+        if len(_FROZEN) > 256:
+            _FROZEN.popitem(last=False)
+    else:
+        _FROZEN.move_to_end(execution_id)
     return found
 
 
-def attempt_value(row: StepExecutionHistory) -> Attempt:
+def cached_pipeline_def(execution: WorkflowExecution) -> PipelineDef:
+    return frozen(execution.execution_id, lambda: execution.pipeline_snapshot).definition
+
+
+def attempt_value(row, log_tail: str = "") -> Attempt:
+    """An Attempt from an ORM row or a Core row of ATTEMPT_COLUMNS."""
     return Attempt(
         id=row.id, step_id=row.step_id, retry_count=row.retry_count, status=row.status,
-        exit_code=row.exit_code, failure=row.failure_kind, log_tail=(row.logs or "")[-8192:],
+        exit_code=row.exit_code, failure=row.failure_kind,
+        log_tail=log_tail or (getattr(row, "logs", None) or "")[-LOG_TAIL:],
         outputs=row.output_data or {}, started_at=row.started_at, finished_at=row.finished_at,
         scheduled_for=row.scheduled_for, skip_reason=row.skip_reason, bypassed=bool(row.bypassed),
         upstream_failed=bool(row.upstream_failed),
@@ -55,14 +89,17 @@ def attempt_value(row: StepExecutionHistory) -> Attempt:
 
 def execution_snapshot(
     execution: WorkflowExecution,
-    attempts: Iterable[StepExecutionHistory],
+    attempts: Iterable,
     approvals: dict[int, str] | None = None,
     max_retries_cap: int = 10,
+    log_tails: dict[int, str] | None = None,
+    definition: PipelineDef | None = None,
 ) -> ExecutionSnapshot:
+    tails = log_tails or {}
     return ExecutionSnapshot(
         execution_id=execution.execution_id,
-        definition=cached_pipeline_def(execution),
-        attempts=tuple(attempt_value(a) for a in attempts),
+        definition=definition or cached_pipeline_def(execution),
+        attempts=tuple(attempt_value(a, tails.get(a.id, "")) for a in attempts),
         status=execution.status,
         cancel_requested=bool(execution.cancel_requested),
         variables=dict(execution.context_variables or {}),

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import defer
 
 from ..database import begin_locked
 from ..engine import graph
@@ -23,7 +24,7 @@ from ..engine.planner import (
 from ..engine.retry import PolicyError, RetryPolicy
 from ..extensions import db
 from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, WorkflowExecution, utcnow
-from ..models.snapshots import execution_snapshot, pipeline_def
+from ..models.snapshots import ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def
 from ..queues import CONTROL, STEPS, enqueue, request_stop
 from .accounts import ValidationError
 from .pipelines import freeze
@@ -141,21 +142,34 @@ def _approval_states(execution_pk: int, latest_ids: set[int]) -> dict[int, str]:
 
 
 def _load(execution_pk: int):
-    execution = db.session.get(WorkflowExecution, execution_pk, populate_existing=True)
-    if execution is None:
-        return None, [], {}
-    attempts = list(db.session.execute(
-        select(SEH).where(SEH.execution_id == execution_pk).order_by(SEH.id)
+    """Everything plan() needs, in three small queries: the execution row (without its big
+    JSON columns), the attempts' planning columns, and (only if some attempt failed) log tails."""
+    execution = db.session.execute(
+        select(WorkflowExecution)
+        .options(defer(WorkflowExecution.pipeline_snapshot), defer(WorkflowExecution.step_results))
+        .where(WorkflowExecution.id == execution_pk)
         .execution_options(populate_existing=True)
-    ).scalars())
+    ).scalar_one_or_none()
+    if execution is None:
+        return None, None, [], {}, {}
+    fz = frozen(execution.execution_id, lambda: db.session.execute(
+        select(WorkflowExecution.pipeline_snapshot).where(WorkflowExecution.id == execution_pk)).scalar_one())
+    rows = db.session.execute(
+        select(*ATTEMPT_COLUMNS).where(SEH.execution_id == execution_pk).order_by(SEH.id)).all()
+    latest = _latest_by_step(rows)
+    failed = [a.id for a in latest.values() if a.status in ("failed", "timed_out")]
+    tails: dict[int, str] = {}
+    if failed:  # retry_on "log:REGEX" reads the end of the log of a failed attempt
+        tails = {i: (logs or "")[-LOG_TAIL:] for i, logs in db.session.execute(
+            select(SEH.id, SEH.logs).where(SEH.id.in_(failed))).all()}
     approvals: dict[int, str] = {}
-    if any(s.get("approval_required") for s in execution.pipeline_snapshot.get("steps", [])):
-        approvals = _approval_states(execution_pk, {a.id for a in _latest_by_step(attempts).values()})
-    return execution, attempts, approvals
+    if fz.has_approvals:
+        approvals = _approval_states(execution_pk, {a.id for a in latest.values()})
+    return execution, fz, rows, approvals, tails
 
 
-def _latest_by_step(attempts: list[StepExecutionHistory]) -> dict[int, StepExecutionHistory]:
-    latest: dict[int, StepExecutionHistory] = {}
+def _latest_by_step(attempts) -> dict[int, Any]:
+    latest: dict[int, Any] = {}
     for a in attempts:
         cur = latest.get(a.step_id)
         if cur is None or (a.retry_count, a.id) > (cur.retry_count, cur.id):
@@ -163,28 +177,35 @@ def _latest_by_step(attempts: list[StepExecutionHistory]) -> dict[int, StepExecu
     return latest
 
 
-def advance(execution_pk: int) -> list:
-    """Plan and apply until nothing more can be decided now. Safe to call any number of times."""
+def advance(execution_pk: int, first: Callable[[], None] | None = None) -> list:
+    """Plan and apply until nothing more can be decided now. Safe to call any number of times.
+
+    `first` runs inside the first locked transaction before planning (the step job records its
+    result there, so a finished step and the decisions it unlocks commit together).
+    """
     applied: list = []
     for _ in range(20):  # a plan is a fixpoint; a zero-delay retry needs one more round
         after: list[Callable[[], None]] = []
         begin_locked(execution_pk)
-        execution, attempts, approvals = _load(execution_pk)
+        if first is not None:
+            first()
+            first = None
+        execution, fz, rows, approvals, tails = _load(execution_pk)
         if execution is None or execution.status in TERMINAL_EXECUTION:
             db.session.commit()
             return applied
         now = utcnow()
-        snap = execution_snapshot(execution, attempts, approvals)
+        snap = execution_snapshot(execution, rows, approvals, log_tails=tails, definition=fz.definition)
         decisions = plan(snap, now)
-        by_id = {a.id: a for a in attempts}
-        steps = {s["id"]: s for s in execution.pipeline_snapshot["steps"]}
+        by_id = {a.id: a for a in rows}
+        state = {sid: (a.step_name, a.status) for sid, a in _latest_by_step(rows).items()}
         again = False
         for d in decisions:
-            if _apply(d, execution, by_id, steps, now, after):
+            if _apply(d, execution, fz, by_id, now, after, state):
                 applied.append(d)
             if isinstance(d, ScheduleRetry) and d.run_at <= now:
                 again = True
-        _refresh_summary(execution)
+        _refresh_summary(execution, fz, state)
         db.session.commit()
         for action in after:
             action()
@@ -193,21 +214,42 @@ def advance(execution_pk: int) -> list:
     return applied
 
 
+_SEH_TABLE = SEH.__table__
+
+
 def _set(attempt_id: int, expected: Iterable[str], **values) -> bool:
-    result = db.session.execute(
-        update(SEH).where(SEH.id == attempt_id, SEH.status.in_(tuple(expected))).values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    """A conditional update from the expected state; True when this call made the change.
+
+    Core, on the session's connection: the ORM's bulk-update machinery costs more than the
+    statement on this hot path, and no ORM object needs synchronising.
+    """
+    t = _SEH_TABLE
+    result = db.session.connection().execute(
+        t.update().where(t.c.id == attempt_id, t.c.status.in_(tuple(expected))).values(**values))
     return result.rowcount == 1
 
 
-def _apply(d, execution: WorkflowExecution, by_id: dict, steps: dict, now: datetime, after: list) -> bool:
+def _apply(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: datetime, after: list,
+           state: dict[int, tuple[str, str]]) -> bool:
+    """Apply one decision with a conditional update; `state` (step id -> (name, status)) follows."""
+    ok = _apply_one(d, execution, fz, by_id, now, after)
+    if ok:
+        new_status = {Enqueue: "queued", Skip: "skipped", AwaitApproval: "waiting_approval",
+                      ScheduleRetry: "retry_scheduled"}.get(type(d)) or (d.status if isinstance(d, Cancel) else None)
+        if new_status is not None:
+            state[d.step_id] = (state[d.step_id][0], new_status)
+    return ok
+
+
+def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: datetime, after: list) -> bool:
+    steps = fz.steps
     if isinstance(d, Enqueue):
         job_id = f"step-{d.attempt_id}"
         if _set(d.attempt_id, ("pending", "waiting_approval", "retry_scheduled"), status="queued", queued_at=now, rq_job_id=job_id):
             timeout = steps[d.step_id].get("timeout_seconds") or 24 * 3600
+            # result_ttl=0: the attempt row is the record; RQ need not store the return value
             after.append(lambda: enqueue(STEPS, "webapp.tasks.steps.run_step", d.attempt_id, job_id=job_id,
-                                         job_timeout=int(timeout) + 120))
+                                         job_timeout=int(timeout) + 120, result_ttl=0))
             return True
     elif isinstance(d, Skip):
         return _set(d.attempt_id, ("pending",), status="skipped", skip_reason=d.reason,
@@ -216,7 +258,7 @@ def _apply(d, execution: WorkflowExecution, by_id: dict, steps: dict, now: datet
         if _set(d.attempt_id, ("pending",), status="waiting_approval"):
             from . import approvals
 
-            request = approvals.open_request(execution, by_id[d.attempt_id], steps[d.step_id])
+            request = approvals.open_request(execution, db.session.get(SEH, d.attempt_id), steps[d.step_id])
             db.session.flush()
             request_id = request.id
             after.append(lambda: approvals.on_opened(request_id))
@@ -278,26 +320,21 @@ def _apply(d, execution: WorkflowExecution, by_id: dict, steps: dict, now: datet
     return False
 
 
-def _refresh_summary(execution: WorkflowExecution) -> None:
-    """Keep the AnsFlow summary fields true: one aggregate query, no per-row work."""
-    rows = db.session.execute(
-        select(SEH.step_id, SEH.step_name, SEH.status, SEH.retry_count, SEH.id)
-        .where(SEH.execution_id == execution.id)
-    ).all()
-    latest: dict[int, tuple] = {}
-    for r in rows:
-        cur = latest.get(r.step_id)
-        if cur is None or (r.retry_count, r.id) > (cur.retry_count, cur.id):
-            latest[r.step_id] = r
-    running = [r.step_name for r in latest.values() if r.status in ("running", "queued")]
-    waiting = [r.step_name for r in latest.values() if r.status == "waiting_approval"]
-    failed = sorted(r.step_name for r in latest.values() if r.status in ("failed", "timed_out"))
-    execution.current_step = ", ".join(running or waiting)[:120] or None
+def _refresh_summary(execution: WorkflowExecution, fz: Frozen, state: dict[int, tuple[str, str]]) -> None:
+    """Keep the AnsFlow summary fields true, from the state advance() already holds (no re-read)."""
+    running = [name for name, st in state.values() if st in ("running", "queued")]
+    waiting = [name for name, st in state.values() if st == "waiting_approval"]
+    failed = sorted(name for name, st in state.values() if st in ("failed", "timed_out"))
+    current = ", ".join(running or waiting)[:120] or None
+    if execution.current_step != current:
+        execution.current_step = current
     if execution.failed_steps != failed:
         execution.failed_steps = failed
     if execution.status in ("running", "waiting_approval"):
-        execution.status = "waiting_approval" if waiting and not running else "running"
-    if execution.pipeline_snapshot and any(s.get("approval_required") for s in execution.pipeline_snapshot["steps"]):
+        status = "waiting_approval" if waiting and not running else "running"
+        if execution.status != status:
+            execution.status = status
+    if fz.has_approvals:
         pending = list(db.session.execute(select(ApprovalRequest.id).where(
             ApprovalRequest.execution_id == execution.id, ApprovalRequest.status == "pending")).scalars())
         if execution.pending_approvals != pending:
@@ -305,11 +342,10 @@ def _refresh_summary(execution: WorkflowExecution) -> None:
     if execution.status in TERMINAL_EXECUTION:
         execution.step_results = step_results(execution.id)
         execution.current_step = None
-        succeeded = [r.step_name for r in latest.values() if r.status == "success"]
         execution.recovery_point = {
             **(execution.recovery_point or {}),
             "resumable": execution.status in ("failed", "cancelled"),
-            "succeeded_steps": sorted(succeeded),
+            "succeeded_steps": sorted(name for name, st in state.values() if st == "success"),
             "failed_steps": failed,
         }
 
@@ -335,37 +371,79 @@ def emit_event(event: str, execution: WorkflowExecution, attempt_id: int | None 
         from . import notifications
     except ImportError:  # the notifications service is optional at this layer
         return
+    if not notifications.hears(event, execution):
+        return
     attempt = db.session.get(SEH, attempt_id) if attempt_id else None
     notifications.emit(event, execution, attempt, extra)
 
 
 # ------------------------------------------------------------------ step results (called by the step job)
 
-def mark_running(attempt_id: int, worker_name: str, job_id: str | None) -> StepExecutionHistory | None:
+def mark_running(attempt_id: int, worker_name: str, job_id: str | None):
+    """queued -> running; returns (execution_id, step_id, retry_count, started_at) or None if the
+    attempt was not queued (cancelled, a duplicate or a stale job)."""
     begin_locked()
     now = utcnow()
-    ok = _set(attempt_id, ("queued",), status="running", started_at=now, heartbeat_at=now,
-              worker_name=worker_name, rq_job_id=job_id)
+    row = db.session.execute(
+        update(SEH).where(SEH.id == attempt_id, SEH.status == "queued")
+        .values(status="running", started_at=now, heartbeat_at=now, worker_name=worker_name, rq_job_id=job_id)
+        .returning(SEH.execution_id, SEH.step_id, SEH.retry_count, SEH.started_at)
+        .execution_options(synchronize_session=False)
+    ).first()
     db.session.commit()
-    return db.session.get(SEH, attempt_id, populate_existing=True) if ok else None
+    return row
 
 
-def finish_attempt(attempt_id: int, result) -> bool:
-    """Record a runner's result if the attempt is still running (else it was cancelled/lost)."""
-    begin_locked()
-    attempt = db.session.get(SEH, attempt_id, populate_existing=True)
-    now = utcnow()
-    duration = (now - attempt.started_at).total_seconds() if attempt.started_at else None
-    ok = _set(attempt_id, ("running",), status=result.status, exit_code=result.exit_code,
-              failure_kind=result.failure, error_message=result.error_message or "", logs=result.logs,
-              output_data=result.outputs or {}, finished_at=now, duration_seconds=duration)
-    if not ok:
-        # cancelled or declared lost meanwhile: keep the logs, not the verdict
-        db.session.execute(update(SEH).where(SEH.id == attempt_id)
-                           .values(logs=result.logs, duration_seconds=duration)
-                           .execution_options(synchronize_session=False))
-    db.session.commit()
-    return ok
+_JOB_CONTEXT: dict[tuple[str, int], Any] = {}
+
+
+def job_context(execution_pk: int):
+    """What a step job needs of its execution (id, variables, trigger, secret names).
+
+    These never change during an execution, so each worker process reads them once.
+    """
+    key = (str(db.engine.url), execution_pk)
+    found = _JOB_CONTEXT.get(key)
+    if found is None:
+        found = db.session.execute(select(
+            WorkflowExecution.id, WorkflowExecution.execution_id, WorkflowExecution.context_variables,
+            WorkflowExecution.trigger_data, WorkflowExecution.secret_variables,
+        ).where(WorkflowExecution.id == execution_pk)).one()
+        if len(_JOB_CONTEXT) > 1024:
+            _JOB_CONTEXT.clear()
+        _JOB_CONTEXT[key] = found
+    return found
+
+
+def frozen_of(execution_id: str, execution_pk: int) -> Frozen:
+    return frozen(execution_id, lambda: db.session.execute(
+        select(WorkflowExecution.pipeline_snapshot).where(WorkflowExecution.id == execution_pk)).scalar_one())
+
+
+def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | None, result) -> bool:
+    """Record a runner's result and advance the execution, in one locked transaction.
+
+    The result is recorded only if the attempt is still running (else it was cancelled or
+    declared lost meanwhile: its logs are kept, not its verdict). Returns whether it was recorded.
+    """
+    recorded: list[bool] = []
+
+    def record() -> None:
+        now = utcnow()
+        duration = (now - started_at).total_seconds() if started_at else None
+        ok = _set(attempt_id, ("running",), status=result.status, exit_code=result.exit_code,
+                  failure_kind=result.failure, error_message=result.error_message or "", logs=result.logs,
+                  output_data=result.outputs or {}, finished_at=now, duration_seconds=duration)
+        if not ok:
+            db.session.execute(update(SEH).where(SEH.id == attempt_id)
+                               .values(logs=result.logs, duration_seconds=duration)
+                               .execution_options(synchronize_session=False))
+        recorded.append(ok)
+
+    advance(execution_pk, first=record)
+    if not recorded:  # the execution row is gone
+        return False
+    return recorded[0]
 
 
 def fail_attempt(attempt_id: int, kind: str, message: str, expected: Iterable[str] = ("queued", "running")) -> bool:

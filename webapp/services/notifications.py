@@ -277,6 +277,13 @@ def emit(event: str, execution: WorkflowExecution, attempt: StepExecutionHistory
 _HEARD: dict[tuple[str, Any], frozenset[str]] = {}
 
 
+def hears(event: str, execution: WorkflowExecution) -> bool:
+    """Does any notification config of this execution listen to `event`? (no SQL after the first call)"""
+    key = ALIASES.get(event, event)
+    heard = _events_heard(execution)
+    return key in heard or (key in ("success", "failed") and bool(heard & {"fixed", "regression"}))
+
+
 def _events_heard(execution: WorkflowExecution) -> frozenset[str]:
     """Every event some config of this execution's frozen snapshot hears, cached per process.
 

@@ -61,24 +61,23 @@ def run_step(attempt_id: int) -> str:
 
 def _run_step(attempt_id: int) -> str:
     from ..extensions import db
+    from ..models import StepExecutionHistory as SEH, WorkflowExecution, utcnow
     from ..queues import stop_requested
     from ..runners import registry
     from ..runners.base import StepContext
     from ..runners.env import build_env
     from ..services import executions as svc
-    from ..models import StepExecutionHistory as SEH, WorkflowExecution, utcnow
 
-    attempt = svc.mark_running(attempt_id, _worker_name(), _job_id())
-    if attempt is None:
+    claimed = svc.mark_running(attempt_id, _worker_name(), _job_id())
+    if claimed is None:
         return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
-    execution = db.session.get(WorkflowExecution, attempt.execution_id)
-    step = next(s for s in execution.pipeline_snapshot["steps"] if s["id"] == attempt.step_id)
+    job = svc.job_context(claimed.execution_id)
+    step = svc.frozen_of(job.execution_id, job.id).steps[claimed.step_id]
     cfg = current_app.config
-    workspace = Path(cfg["WORKSPACE_ROOT"]) / execution.execution_id
+    workspace = Path(cfg["WORKSPACE_ROOT"]) / job.execution_id
     workspace.mkdir(parents=True, exist_ok=True)
-    variables = execution.context_variables or {}
-    secrets = [str(variables[k]) for k in execution.secret_variables or [] if k in variables and str(variables[k])]
-    timeout = step.get("timeout_seconds")
+    variables = job.context_variables or {}
+    secrets = [str(variables[k]) for k in job.secret_variables or [] if k in variables and str(variables[k])]
     engine = db.engine
 
     def on_log(text: str) -> None:
@@ -91,13 +90,14 @@ def _run_step(attempt_id: int) -> str:
         # The runners enforce the step timeout themselves; this carries cancel requests.
         return stop_requested(attempt_id)
 
+    attempt_number = claimed.retry_count + 1
     ctx = StepContext(
-        execution_id=execution.execution_id, attempt_id=attempt_id, attempt_number=attempt.retry_count + 1,
+        execution_id=job.execution_id, attempt_id=attempt_id, attempt_number=attempt_number,
         step_name=step["name"], step_type=step["step_type"], parameters=step.get("parameters") or {},
-        env=build_env(execution_id=execution.execution_id, attempt_number=attempt.retry_count + 1,
-                      step_name=step["name"], variables=variables, trigger=execution.trigger_data or {},
-                      outputs=svc.outputs_by_step(execution.id), output_file=None, workspace=workspace),
-        workspace=workspace, timeout_seconds=timeout, secrets=secrets,
+        env=build_env(execution_id=job.execution_id, attempt_number=attempt_number, step_name=step["name"],
+                      variables=variables, trigger=job.trigger_data or {},
+                      outputs=svc.outputs_by_step(job.id), output_file=None, workspace=workspace),
+        workspace=workspace, timeout_seconds=step.get("timeout_seconds"), secrets=secrets,
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
     db.session.commit()  # release the read transaction before a long step
@@ -107,12 +107,11 @@ def _run_step(attempt_id: int) -> str:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
         heartbeat.stopped.set()
-    recorded = svc.finish_attempt(attempt_id, result)
-    svc.advance(execution.id)
+    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
-            svc.emit_event(event, execution, attempt_id=attempt_id)
+            svc.emit_event(event, db.session.get(WorkflowExecution, job.id), attempt_id=attempt_id)
     return result.status
 
 
