@@ -63,6 +63,17 @@ def enqueue(purpose: str, func: str, *args, job_id: str | None = None, at: datet
     return q.enqueue(func, *args, **options)
 
 
+def enqueue_steps(jobs: list[tuple[int, int]]) -> None:
+    """Enqueue run_step for many attempts in one Redis pipeline: (attempt id, job timeout) pairs."""
+    if not jobs:
+        return
+    q = get_queue(STEPS)
+    datas = [Queue.prepare_data("webapp.tasks.steps.run_step", args=(attempt_id,), job_id=f"step-{attempt_id}",
+                                timeout=timeout, result_ttl=0, failure_ttl=24 * 3600)
+             for attempt_id, timeout in jobs]
+    q.enqueue_many(datas)
+
+
 def cancel_key(attempt_id: int) -> str:
     # Namespaced like the queues: attempt ids repeat across databases sharing one Redis.
     return f"{current_app.config['QUEUE_PREFIX']}:cancel:{attempt_id}"

@@ -513,3 +513,19 @@ def test_a_5000_step_random_dag_analyses_correctly():
         assert nx.has_path(g, a, b)
         g.add_edge(a, b)
     json.dumps(result)
+
+
+def test_upstream_is_transitive_and_crosses_group_barriers():
+    from webapp.engine.graph import upstream
+    from webapp.engine.types import GroupDef, PipelineDef, StepDef
+
+    defn = PipelineDef(steps=(
+        StepDef(id=1, name="a", dependencies=()),
+        StepDef(id=2, name="b", dependencies=(1,), parallel_group="g"),
+        StepDef(id=3, name="c", dependencies=(1,), parallel_group="g"),
+        StepDef(id=4, name="d", dependencies=(2,)),          # waits for the whole group
+        StepDef(id=5, name="e", dependencies=()),
+    ), groups=(GroupDef(id="g"),))
+    assert upstream(defn, 4) == {1, 2, 3}
+    assert upstream(defn, 2) == {1}
+    assert upstream(defn, 5) == frozenset() and upstream(defn, 1) == frozenset()

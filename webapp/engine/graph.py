@@ -711,3 +711,18 @@ def _suggestion(
         "new_total_seconds": _r(new_total),
         "message": message,
     }
+
+
+def upstream(defn: PipelineDef, step_id: int) -> frozenset[int]:
+    """Every step that must have finished before `step_id` may start (transitive, with group
+    barriers): the steps whose outputs a step can rely on."""
+    deps = barrier_dependencies(defn)
+    seen: set[int] = set()
+    stack = list(deps.get(step_id, ()))
+    while stack:
+        sid = stack.pop()
+        if sid in seen or sid not in deps:
+            continue
+        seen.add(sid)
+        stack.extend(deps[sid])
+    return frozenset(seen)

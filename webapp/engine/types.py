@@ -50,9 +50,13 @@ class PipelineDef:
         raise KeyError(step_id)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Attempt:
-    """One StepExecutionHistory row. The latest attempt of a step is the step's state."""
+    """One StepExecutionHistory row. The latest attempt of a step is the step's state.
+
+    Treated as an immutable value, but not frozen: advance() builds one per row on every call,
+    and a frozen dataclass costs about three times as much to construct.
+    """
     id: int
     step_id: int
     retry_count: int = 0          # 0 for the first attempt

@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import String, cast, func, insert, literal, select, update
 from sqlalchemy.orm import defer
 
 from ..database import begin_locked
@@ -25,7 +25,7 @@ from ..engine.retry import PolicyError, RetryPolicy
 from ..extensions import db
 from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, WorkflowExecution, utcnow
 from ..models.snapshots import ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def
-from ..queues import CONTROL, STEPS, enqueue, request_stop
+from ..queues import CONTROL, enqueue, enqueue_steps, request_stop
 from .accounts import ValidationError
 from .pipelines import freeze
 
@@ -199,9 +199,10 @@ def advance(execution_pk: int, first: Callable[[], None] | None = None) -> list:
         decisions = plan(snap, now)
         by_id = {a.id: a for a in rows}
         state = {sid: (a.step_name, a.status) for sid, a in _latest_by_step(rows).items()}
+        applied.extend(_enqueue_all([d for d in decisions if isinstance(d, Enqueue)], fz, now, after, state))
         again = False
         for d in decisions:
-            if _apply(d, execution, fz, by_id, now, after, state):
+            if not isinstance(d, Enqueue) and _apply(d, execution, fz, by_id, now, after, state):
                 applied.append(d)
             if isinstance(d, ScheduleRetry) and d.run_at <= now:
                 again = True
@@ -229,12 +230,35 @@ def _set(attempt_id: int, expected: Iterable[str], **values) -> bool:
     return result.rowcount == 1
 
 
+def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state: dict) -> list:
+    """All Enqueue decisions of a plan as one conditional UPDATE ... RETURNING and one Redis
+    pipeline (a fan-out of N steps costs two round trips, not 2N)."""
+    if not decisions:
+        return []
+    t = _SEH_TABLE
+    won = set(db.session.connection().execute(
+        t.update()
+        .where(t.c.id.in_([d.attempt_id for d in decisions]),
+               t.c.status.in_(("pending", "waiting_approval", "retry_scheduled")))
+        .values(status="queued", queued_at=now, rq_job_id=literal("step-") + cast(t.c.id, String))
+        .returning(t.c.id)
+    ).scalars())
+    done = [d for d in decisions if d.attempt_id in won]
+    jobs = []
+    for d in done:
+        state[d.step_id] = (state[d.step_id][0], "queued")
+        jobs.append((d.attempt_id, int(fz.steps[d.step_id].get("timeout_seconds") or 24 * 3600) + 120))
+    if jobs:
+        after.append(lambda: enqueue_steps(jobs))
+    return done
+
+
 def _apply(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: datetime, after: list,
            state: dict[int, tuple[str, str]]) -> bool:
     """Apply one decision with a conditional update; `state` (step id -> (name, status)) follows."""
     ok = _apply_one(d, execution, fz, by_id, now, after)
     if ok:
-        new_status = {Enqueue: "queued", Skip: "skipped", AwaitApproval: "waiting_approval",
+        new_status = {Skip: "skipped", AwaitApproval: "waiting_approval",
                       ScheduleRetry: "retry_scheduled"}.get(type(d)) or (d.status if isinstance(d, Cancel) else None)
         if new_status is not None:
             state[d.step_id] = (state[d.step_id][0], new_status)
@@ -243,15 +267,7 @@ def _apply(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: dateti
 
 def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: datetime, after: list) -> bool:
     steps = fz.steps
-    if isinstance(d, Enqueue):
-        job_id = f"step-{d.attempt_id}"
-        if _set(d.attempt_id, ("pending", "waiting_approval", "retry_scheduled"), status="queued", queued_at=now, rq_job_id=job_id):
-            timeout = steps[d.step_id].get("timeout_seconds") or 24 * 3600
-            # result_ttl=0: the attempt row is the record; RQ need not store the return value
-            after.append(lambda: enqueue(STEPS, "webapp.tasks.steps.run_step", d.attempt_id, job_id=job_id,
-                                         job_timeout=int(timeout) + 120, result_ttl=0))
-            return True
-    elif isinstance(d, Skip):
+    if isinstance(d, Skip):
         return _set(d.attempt_id, ("pending",), status="skipped", skip_reason=d.reason,
                     upstream_failed=d.upstream_failed, finished_at=now)
     elif isinstance(d, AwaitApproval):
@@ -454,11 +470,16 @@ def fail_attempt(attempt_id: int, kind: str, message: str, expected: Iterable[st
     return ok
 
 
-def outputs_by_step(execution_pk: int) -> dict[str, dict[str, str]]:
-    rows = db.session.execute(
-        select(SEH.step_name, SEH.output_data, SEH.retry_count, SEH.id)
-        .where(SEH.execution_id == execution_pk, SEH.status == "success")
-    ).all()
+def outputs_by_step(execution_pk: int, step_ids: Iterable[int] | None = None) -> dict[str, dict[str, str]]:
+    """Outputs of the latest successful attempt of each step (of `step_ids` only, when given)."""
+    q = select(SEH.step_name, SEH.output_data, SEH.retry_count, SEH.id).where(
+        SEH.execution_id == execution_pk, SEH.status == "success")
+    if step_ids is not None:
+        step_ids = list(step_ids)
+        if not step_ids:
+            return {}
+        q = q.where(SEH.step_id.in_(step_ids))
+    rows = db.session.execute(q).all()
     best: dict[str, tuple] = {}
     for r in rows:
         if r.step_name not in best or (r.retry_count, r.id) > best[r.step_name][0]:

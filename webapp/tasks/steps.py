@@ -60,6 +60,7 @@ def run_step(attempt_id: int) -> str:
 
 
 def _run_step(attempt_id: int) -> str:
+    from ..engine.graph import upstream
     from ..extensions import db
     from ..models import StepExecutionHistory as SEH, WorkflowExecution, utcnow
     from ..queues import stop_requested
@@ -72,7 +73,8 @@ def _run_step(attempt_id: int) -> str:
     if claimed is None:
         return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
     job = svc.job_context(claimed.execution_id)
-    step = svc.frozen_of(job.execution_id, job.id).steps[claimed.step_id]
+    fz = svc.frozen_of(job.execution_id, job.id)
+    step = fz.steps[claimed.step_id]
     cfg = current_app.config
     workspace = Path(cfg["WORKSPACE_ROOT"]) / job.execution_id
     workspace.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def _run_step(attempt_id: int) -> str:
         step_name=step["name"], step_type=step["step_type"], parameters=step.get("parameters") or {},
         env=build_env(execution_id=job.execution_id, attempt_number=attempt_number, step_name=step["name"],
                       variables=variables, trigger=job.trigger_data or {},
-                      outputs=svc.outputs_by_step(job.id), output_file=None, workspace=workspace),
+                      outputs=svc.outputs_by_step(job.id, upstream(fz.definition, claimed.step_id)), output_file=None, workspace=workspace),
         workspace=workspace, timeout_seconds=step.get("timeout_seconds"), secrets=secrets,
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
