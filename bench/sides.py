@@ -102,27 +102,17 @@ def ansflow_run(stack: Stack, pipeline_id: int, timeout: float = 600) -> Run:
 
     with db.engine.connect() as conn:
         status, reason = conn.execute(select(WE.status, WE.status_reason).where(WE.id == pk)).one()
-        rows = conn.execute(select(SEH.step_name, SEH.status, SEH.started_at, SEH.finished_at, SEH.rq_job_id,
+        rows = conn.execute(select(SEH.step_name, SEH.status, SEH.queued_at, SEH.started_at, SEH.finished_at,
                                    SEH.error_message).where(SEH.execution_id == pk)).all()
     if status != "success":
         bad = [f"{r.step_name}: {r.status} {r.error_message}" for r in rows if r.status != "success"][:5]
         raise RuntimeError(f"AnsFlow execution {pk} ended {status} ({reason}): {bad}")
-    enqueued = _enqueued_at(stack, [r.rq_job_id for r in rows])
+    # The attempt's own queued_at (set in the transaction that decided to run it, just before
+    # the RQ enqueue); step jobs keep no RQ record after success (result_ttl=0).
     run = Run(submit_s=submit_s)
     for r in rows:
-        run.steps[r.step_name] = Step(enqueued.get(r.rq_job_id), ts(r.started_at), ts(r.finished_at))
+        run.steps[r.step_name] = Step(ts(r.queued_at), ts(r.started_at), ts(r.finished_at))
     return run
-
-
-def _enqueued_at(stack: Stack, job_ids: list[str]) -> dict[str, float | None]:
-    conn = stack.redis()
-    pipe = conn.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(f"rq:job:{job_id}", "enqueued_at")
-    out = {}
-    for job_id, raw in zip(job_ids, pipe.execute()):
-        out[job_id] = ts(datetime.fromisoformat(raw.decode().replace("Z", "+00:00"))) if raw else None
-    return out
 
 
 def neutralise(execution_pk: int) -> None:

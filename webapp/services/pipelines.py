@@ -403,6 +403,9 @@ def from_yaml(text: str) -> dict:
 
 def freeze(pipeline: Pipeline) -> dict:
     """The definition frozen into an execution: ids, not names, so history matches steps."""
+    # one query for every step's dependencies, not one per step
+    db.session.execute(select(PipelineStep).where(PipelineStep.pipeline_id == pipeline.id)
+                       .options(selectinload(PipelineStep.depends_on))).scalars().all()
     return {
         "pipeline_id": pipeline.id,
         "name": pipeline.name,
