@@ -7,8 +7,13 @@ from flask import Flask
 
 
 def install_worker_hooks(app: Flask, worker) -> None:
+    from .. import tasks
     from ..extensions import db
     from .reconcile import Reconciler
+
+    # Jobs (also those of a forked work-horse, which has no app context) reuse this app
+    # instead of building a new one per job.
+    tasks._app = app
 
     def _after_fork_in_child() -> None:
         # A forked job must not reuse the parent's pooled database connections.
