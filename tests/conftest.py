@@ -102,9 +102,22 @@ def settings_env(settings: dict) -> dict[str, str]:
     return env
 
 
+def _fresh_g(sender, **extra):
+    """Requests of the test client reuse the test's app context, and so its `g`: empty it at the
+    start of each request, as a real server's fresh g would be (Flask-Login caches the user
+    there, Flask-WTF the CSRF token), so each client is who its own cookie or token says."""
+    from flask import g
+
+    for name in list(g):
+        g.pop(name, None)
+
+
 @pytest.fixture
 def app(app_settings):
+    from flask import request_started
+
     app = create_app({"TESTING": True, "SECRET_KEY": "test-secret", **app_settings})
+    request_started.connect(_fresh_g, app)
     with app.app_context():
         db.create_all()
         yield app
@@ -122,16 +135,6 @@ def users(app):
     return made
 
 
-def _forget_login():
-    """Requests reuse the test's app context (and so its `g`): empty it, so each client is
-    authenticated by its own cookie or token (Flask-Login caches the user in g, Flask-WTF the
-    CSRF token), as in a real server where every request has a fresh g."""
-    from flask import g
-
-    for name in list(vars(g)):
-        delattr(g, name)
-
-
 class AppClient:
     """A Flask test client that sends the CSRF token the way our pages do (X-CSRFToken)."""
 
@@ -140,7 +143,6 @@ class AppClient:
         self.token = None
 
     def refresh_token(self, path: str = "/login") -> str:
-        _forget_login()
         html = self.c.get(path).get_data(as_text=True)
         m = re.search(r'name="csrf_token" value="([^"]+)"', html) or re.search(r'"X-CSRFToken": "([^"]+)"', html)
         assert m, f"no CSRF token on {path}"
@@ -148,14 +150,12 @@ class AppClient:
         return self.token
 
     def _headers(self, kwargs):
-        _forget_login()
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.token and "X-CSRFToken" not in headers:
             headers["X-CSRFToken"] = self.token
         return headers
 
     def get(self, *a, **kw):
-        _forget_login()
         return self.c.get(*a, **kw)
 
     def post(self, *a, **kw):
@@ -169,7 +169,6 @@ class AppClient:
 
     def login(self, username: str, password: str = PASSWORD):
         self.refresh_token("/login")
-        _forget_login()
         resp = self.c.post("/login", data={"username": username, "password": password, "csrf_token": self.token})
         assert resp.status_code == 303, resp.get_data(as_text=True)[:500]
         self.refresh_token("/account")
@@ -202,7 +201,6 @@ class ApiClient:
 
     def __getattr__(self, method):
         def call(path, **kw):
-            _forget_login()
             headers = {**self.headers, **kw.pop("headers", {})}
             return getattr(self.c, method)(path, headers=headers, **kw)
         return call

@@ -64,7 +64,7 @@ def test_session_cookie_flags(app, users):
     c = AppClient(app.test_client())
     c.refresh_token()
     resp = c.c.post("/login", data={"username": "viewer1", "password": PASSWORD, "csrf_token": c.token})
-    cookie = resp.headers.get("Set-Cookie", "")
+    cookie = next(c for c in resp.headers.getlist("Set-Cookie") if c.startswith("session="))
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 

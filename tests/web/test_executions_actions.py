@@ -13,18 +13,6 @@ pytestmark = pytest.mark.integration
 HX = {"HX-Request": "true"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_g_per_request(app):
-    """Test clients reuse the test's app context: clear what Flask-Login/WTF cache on g per request."""
-    from flask import g, request_started
-
-    def clear(sender, **extra):
-        for key in list(g):
-            g.pop(key, None)
-
-    request_started.connect(clear, app)
-    yield
-    request_started.disconnect(clear, app)
 
 
 def run_from_form(c, pipeline, variables=""):
