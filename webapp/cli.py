@@ -91,12 +91,16 @@ def dev_cmd(port, workers):
             [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--name", f"dev-worker-{os.getpid()}-{i}"],
             env=env, start_new_session=True,
         ))
+    # SIGTERM (kill, a supervisor) must stop the workers and Redis too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"\nAnsFlow is at http://127.0.0.1:{port}")
     click.echo("Demo logins (password 'ansflow-demo'): admin, maintainer, approver1, approver2, approver3, viewer\n")
     try:
         from werkzeug.serving import run_simple
 
         run_simple("127.0.0.1", port, current_app._get_current_object(), threaded=True, use_reloader=False)
+    except KeyboardInterrupt:
+        click.echo("Stopping AnsFlow...")
     finally:
         for proc in started:
             if proc.poll() is None:
@@ -108,6 +112,10 @@ def dev_cmd(port, workers):
                 os.killpg(proc.pid, signal.SIGKILL)
         if redis_server:
             redis_server.stop()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _port_free(port: int) -> bool:
