@@ -87,6 +87,5 @@ class ExecutionSnapshot:
     started_at: datetime | None = None
     # step id -> approval request status ("pending"|"approved"|"rejected"|"timed_out"|"cancelled")
     approvals: dict[int, str] = field(default_factory=dict)
-    # group id -> first member start (for group timeouts); derived by the snapshot builder
-    # from attempts if absent.
+    # (a group's start, for its timeout, is derived by the planner from its members' attempts)
     max_retries_cap: int = 10
