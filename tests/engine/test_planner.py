@@ -585,9 +585,9 @@ def test_definition_cache_is_bounded_and_identity_keyed():
     d = D(S(1), S(2, [1]))
     c1 = P._compiled(d)
     assert P._compiled(d) is c1
-    for i in range(P._CACHE_SIZE + 3):
+    for i in range(P._compiled_defs.size + 3):
         P._compiled(D(S(1), S(2, [1])))
-    assert len(P._cache) <= P._CACHE_SIZE
+    assert len(P._compiled_defs) <= P._compiled_defs.size
     assert P._compiled(d) is not c1  # evicted, rebuilt for the same object
     equal_but_other = D(S(1), S(2, [1]))
     assert P._compiled(equal_but_other) is not P._compiled(d)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import threading
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import networkx as nx
 
+from .defcache import DefinitionCache
 from .types import PipelineDef, StepDef
 
 __all__ = [
@@ -363,25 +363,12 @@ class _Graph:
         return problems
 
 
-# A few definitions are in play at a time (the planner's snapshot, an editor's draft). Keyed by
-# id(defn), and the entry keeps defn alive, so an id can't be reused while its entry exists.
-_CACHE_SIZE = 4
-_cache: dict[int, tuple[PipelineDef, _Graph]] = {}
-_cache_lock = threading.Lock()
+# A few definitions are in play at a time (the planner's snapshots, an editor's draft).
+_graphs: DefinitionCache[_Graph] = DefinitionCache(lambda defn: _Graph(defn), size=8)
 
 
 def _graph(defn: PipelineDef) -> _Graph:
-    key = id(defn)
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None and hit[0] is defn:
-        return hit[1]
-    g = _Graph(defn)
-    with _cache_lock:
-        if len(_cache) >= _CACHE_SIZE:
-            del _cache[next(iter(_cache))]
-        _cache[key] = (defn, g)
-    return g
+    return _graphs.get(defn)
 
 
 # --------------------------------------------------------------------------- public API

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Union
@@ -81,6 +80,7 @@ from typing import Any, Iterable, Union
 from . import graph as _graph
 from .conditions import evaluate_rule
 from .retry import Failure, PolicyError, RetryPolicy
+from .defcache import DefinitionCache
 from .types import Attempt, ExecutionSnapshot, GroupDef, PipelineDef, StepDef
 
 __all__ = [
@@ -362,25 +362,11 @@ class _Compiled:
         return seen
 
 
-_CACHE_SIZE = 32
-_cache: OrderedDict[int, tuple[PipelineDef, _Compiled]] = OrderedDict()
-_cache_lock = threading.Lock()
+_compiled_defs: DefinitionCache[_Compiled] = DefinitionCache(lambda defn: _Compiled(defn), size=32)
 
 
 def _compiled(defn: PipelineDef) -> _Compiled:
-    key = id(defn)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] is defn:
-            _cache.move_to_end(key)
-            return hit[1]
-    c = _Compiled(defn)
-    with _cache_lock:
-        _cache[key] = (defn, c)  # holding defn keeps its id from being reused while cached
-        _cache.move_to_end(key)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return c
+    return _compiled_defs.get(defn)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -69,6 +69,14 @@ class NotFound(LookupError):
 # ---------------------------------------------------------------- who may decide
 
 
+
+def _locked_request(request_id: int) -> ApprovalRequest | None:
+    """The request, fresh and row-locked (PostgreSQL) inside the transaction begin_locked() opened."""
+    return db.session.execute(
+        select(ApprovalRequest).where(ApprovalRequest.id == request_id)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
 def _matches(entry: str, user: User) -> bool:
     return entry == user.username or (entry.startswith("role:") and entry[5:] == user.role)
 
@@ -319,10 +327,7 @@ def decide(request_id: int, user: User, action: str, comment: str = "") -> Outco
 
     begin_locked()
     try:
-        req = db.session.execute(
-            select(ApprovalRequest).where(ApprovalRequest.id == request_id)
-            .with_for_update().execution_options(populate_existing=True)
-        ).scalar_one_or_none()
+        req = _locked_request(request_id)
         if req is None:
             raise NotFound(f"There is no approval request #{request_id}.")
         if req.execution is not None:
@@ -537,10 +542,7 @@ def expire(request_id: int, now: datetime | None = None) -> str | None:
     now = now or utcnow()
     begin_locked()
     try:
-        req = db.session.execute(
-            select(ApprovalRequest).where(ApprovalRequest.id == request_id)
-            .with_for_update().execution_options(populate_existing=True)
-        ).scalar_one_or_none()
+        req = _locked_request(request_id)
         if req is None or req.status != PENDING or req.expires_at is None:
             db.session.commit()
             return None
