@@ -58,6 +58,8 @@ class Simulator:
     budget: int | None = None
     execution_id: str = "exec-1"
     now: datetime = T0
+    # after each lone success, compare plan_after_success on a partial snapshot with plan()
+    check_focused: bool = True
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -75,6 +77,8 @@ class Simulator:
         self.answers: dict[int, tuple[datetime, bool]] = {}  # step -> (answer at, approve?)
         self.wake: datetime | None = None
         self.plans = 0
+        self.focused_checks = 0   # successes the focused plan answered (and matched plan())
+        self._lone_success: int | None = None
         self._next_id = 1
         self._seq = 0
         for s in sorted(self.definition.steps, key=lambda s: (s.order, s.id)):
@@ -267,6 +271,9 @@ class Simulator:
             snap = self.snapshot()
             decisions = P.plan(snap, self.now)
             self.plans += 1
+            if self._lone_success is not None:
+                self._check_focused(snap, decisions, self._lone_success)
+                self._lone_success = None
             if self.check_determinism:
                 again = P.plan(snap, self.now)
                 if again != decisions:
@@ -284,13 +291,31 @@ class Simulator:
             if ev is None:
                 raise SimError("stuck: nothing running, nothing scheduled, and no FinishExecution")
             self._happen(ev)
+            if ev[2] == "complete" and self.attempts[ev[3]].status == "success" and self.check_focused:
+                self._lone_success = self.attempts[ev[3]].step_id
             extra = self.rng.randint(1, self.batch) - 1 if ev[2] not in ("wake", "cancel") else 0
             for _ in range(extra):
                 ev = self._next_event()
                 if ev is None or ev[2] in ("wake", "cancel"):  # time never passes a WakeAt unplanned
                     break
                 self._happen(ev)
+                self._lone_success = None  # several things happened: not the focused plan's case
         raise SimError(f"livelock: no FinishExecution after {self.budget} rounds")
+
+
+    def _check_focused(self, snap: ExecutionSnapshot, full: list, step_id: int) -> None:
+        """The runtime's fast path must agree with plan() whenever it answers."""
+        focus = P.focus_after_success(self.definition, step_id)
+        if focus is None:
+            return
+        part = replace(snap, attempts=tuple(a for a in snap.attempts if a.step_id in focus))
+        got = P.plan_after_success(part, self.now, step_id)
+        if got is None:
+            return
+        want = [d for d in full if not isinstance(d, (P.FinishGroup, P.WakeAt, P.FinishExecution))]
+        if got != want:
+            raise SimError(f"plan_after_success({step_id}) = {got}, plan() = {want}")
+        self.focused_checks += 1
 
 
 def simulate(definition: PipelineDef, **kw) -> Simulator:

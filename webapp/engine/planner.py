@@ -85,7 +85,8 @@ from .types import Attempt, ExecutionSnapshot, GroupDef, PipelineDef, StepDef
 
 __all__ = [
     "AwaitApproval", "Cancel", "Decision", "Enqueue", "FinishExecution", "FinishGroup",
-    "ResumePlan", "ScheduleRetry", "Skip", "WakeAt", "actionable", "group_outcomes", "plan",
+    "ResumePlan", "ScheduleRetry", "Skip", "WakeAt", "actionable", "focus_after_success",
+    "group_outcomes", "plan", "plan_after_success",
     "plan_resume", "plan_retry_step", "step_outcomes",
 ]
 
@@ -308,6 +309,7 @@ class _Compiled:
         self.expr_refs = expr_refs
         self._succs: dict[int, tuple[int, ...]] | None = None
         self._policies: dict[int, dict[int, RetryPolicy]] = {}
+        self._focus: dict[int, frozenset[int] | None] = {}
         self._lock = threading.Lock()
 
     def _referenced_steps(self, expression: Any) -> tuple[int, ...] | None:
@@ -341,6 +343,29 @@ class _Compiled:
                 self._policies[cap] = got
         return got
 
+    def focus(self, step_id: int) -> frozenset[int] | None:
+        """See focus_after_success (memoised per step)."""
+        if step_id in self._focus:
+            return self._focus[step_id]
+        need: set[int] | None = {step_id}
+        if step_id not in self.step or step_id in self.group_of:
+            need = None
+        else:
+            for t in self.succs()[step_id]:
+                refs = self.expr_refs.get(t, ()) if self.rule[t] == "expression" else ()
+                if t in self.group_of or self.dep_groups[t] or refs is None:
+                    need = None
+                    break
+                need.add(t)
+                need.update(self.dep_steps[t])
+                need.update(refs)
+                if self.previous[t] is not None:
+                    need.add(self.previous[t])
+        found = None if need is None else frozenset(need)
+        with self._lock:
+            self._focus[step_id] = found
+        return found
+
     def succs(self) -> dict[int, tuple[int, ...]]:
         if self._succs is None:
             out: dict[int, list[int]] = {sid: [] for sid in self.order}
@@ -372,8 +397,10 @@ def _compiled(defn: PipelineDef) -> _Compiled:
 # --------------------------------------------------------------------------- helpers
 
 
-def _latest_attempts(c: _Compiled, snapshot: ExecutionSnapshot) -> tuple[dict[int, Attempt], set[int]]:
-    """Latest attempt per step (highest retry_count, then id), and the steps with several."""
+def _latest_attempts(c: _Compiled, snapshot: ExecutionSnapshot,
+                     partial: bool = False) -> tuple[dict[int, Attempt], set[int]]:
+    """Latest attempt per step (highest retry_count, then id), and the steps with several.
+    A `partial` snapshot (see plan_after_success) may hold the attempts of some steps only."""
     latest: dict[int, Attempt] = {}
     multi: set[int] = set()
     step = c.step
@@ -387,7 +414,7 @@ def _latest_attempts(c: _Compiled, snapshot: ExecutionSnapshot) -> tuple[dict[in
             multi.add(sid)
             if a.retry_count > cur.retry_count or (a.retry_count == cur.retry_count and a.id > cur.id):
                 latest[sid] = a
-    if len(latest) != len(step):
+    if len(latest) != len(step) and not partial:
         missing = sorted(set(step) - set(latest))
         raise ValueError(f"execution {snapshot.execution_id}: steps without an attempt: {missing}")
     return latest, multi
@@ -442,12 +469,12 @@ def _outcome(status: str, a: Attempt, cof: bool, uf: bool) -> str:
 class _Run:
     """One planning pass over a snapshot: current (virtually updated) state + decisions."""
 
-    def __init__(self, snapshot: ExecutionSnapshot, now: datetime):
+    def __init__(self, snapshot: ExecutionSnapshot, now: datetime, partial: bool = False):
         c = _compiled(snapshot.definition)
         self.c = c
         self.snap = snapshot
         self.now = now
-        latest, self.multi = _latest_attempts(c, snapshot)
+        latest, self.multi = _latest_attempts(c, snapshot, partial)
         self.latest = latest
         st: dict[int, str] = {}
         uf: dict[int, bool] = {}
@@ -798,6 +825,52 @@ def plan(snapshot: ExecutionSnapshot, now: datetime) -> list[Decision]:
     run.group_early()
     run.walk()
     return run.finish()
+
+
+def focus_after_success(defn: PipelineDef, step_id: int) -> frozenset[int] | None:
+    """The steps whose attempts ``plan_after_success`` must see after `step_id` succeeded: the
+    step, its dependents, their dependencies and the steps their expressions read. None when
+    only a full plan can decide (the step or a dependent is in a group, a dependent waits for a
+    group, or an expression reads the whole ``steps`` map)."""
+    return _compiled(defn).focus(step_id)
+
+
+def plan_after_success(snapshot: ExecutionSnapshot, now: datetime, step_id: int) -> list[Decision] | None:
+    """The decisions that `step_id`'s success makes, from a snapshot that may hold only the
+    attempts of ``focus_after_success`` (the runtime's hot path: a finished step must not cost
+    a read of every attempt of a 1,000-step execution).
+
+    It answers only the common case, and None otherwise (the caller then runs ``plan``): every
+    dependency of a dependent that is now ready succeeded, and each such dependent's rule says
+    "run" without an approval gate. Its answer is then exactly ``plan``'s decisions about those
+    dependents, provided the snapshot before the success was fully planned (the runtime's
+    invariant). It never finishes the execution: the caller knows from its counts whether any
+    step is still open.
+    """
+    c = _compiled(snapshot.definition)
+    if snapshot.status in _EXEC_TERMINAL or snapshot.cancel_requested or c.focus(step_id) is None:
+        return None
+    run = _Run(snapshot, now, partial=True)
+    st = run.st
+    if st.get(step_id) != _SUCCESS:
+        return None
+    for t in c.succs()[step_id]:  # in topological order
+        a = run.latest.get(t)
+        if a is None:
+            return None
+        if st[t] != _PENDING:
+            continue
+        deps = [st.get(d) for d in c.dep_steps[t]]
+        if None in deps:
+            return None
+        if any(x not in _TERMINAL for x in deps):
+            continue  # still waiting for another dependency
+        if any(x != _SUCCESS for x in deps):
+            return None  # failures, skips and retries are plan()'s
+        run.decide_pending(t, a)
+    if any(not isinstance(d, Enqueue) for d in run.out):
+        return None
+    return run.out
 
 
 def step_outcomes(snapshot: ExecutionSnapshot) -> dict[int, str]:

@@ -39,12 +39,13 @@ def pipeline_def(frozen: dict[str, Any]) -> PipelineDef:
     return PipelineDef(steps=steps, groups=groups)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: services cache derived facts per object
 class Frozen:
     """An execution's frozen definition, parsed once per process (it never changes)."""
     definition: PipelineDef
     steps: dict[int, dict[str, Any]]
     has_approvals: bool
+    notification_config: Any = None  # the pipeline-level one; steps carry their own
 
 
 _FROZEN: "OrderedDict[str, Frozen]" = OrderedDict()
@@ -62,6 +63,7 @@ def frozen(execution_id: str, load: Callable[[], dict[str, Any]]) -> Frozen:
             definition=pipeline_def(snap),
             steps={s["id"]: s for s in snap.get("steps", [])},
             has_approvals=any(s.get("approval_required") for s in snap.get("steps", [])),
+            notification_config=snap.get("notification_config"),
         )
         _FROZEN[execution_id] = found
         if len(_FROZEN) > 256:

@@ -12,14 +12,14 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import String, cast, func, insert, literal, select, update
+from sqlalchemy import String, Text, cast, func, insert, literal, select, update
 from sqlalchemy.orm import defer
 
 from ..database import begin_locked
 from ..engine import graph
 from ..engine.planner import (
     AwaitApproval, Cancel, Enqueue, FinishExecution, FinishGroup, ScheduleRetry, Skip, WakeAt,
-    actionable, plan, plan_resume, plan_retry_step,
+    actionable, focus_after_success, plan, plan_after_success, plan_resume, plan_retry_step,
 )
 from ..engine.retry import PolicyError, RetryPolicy
 from ..extensions import db
@@ -141,19 +141,23 @@ def _approval_states(execution_pk: int, latest_ids: set[int]) -> dict[int, str]:
     return {step_id: status for step_id, attempt_id, status in rows if attempt_id in latest_ids}
 
 
-def _load(execution_pk: int):
-    """Everything plan() needs, in three small queries: the execution row (without its big
-    JSON columns), the attempts' planning columns, and (only if some attempt failed) log tails."""
-    execution = db.session.execute(
+def _execution_row(execution_pk: int) -> WorkflowExecution | None:
+    """The execution, fresh, without its big JSON columns (the snapshot is parsed once per process)."""
+    return db.session.execute(
         select(WorkflowExecution)
         .options(defer(WorkflowExecution.pipeline_snapshot), defer(WorkflowExecution.step_results))
         .where(WorkflowExecution.id == execution_pk)
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+def _load(execution_pk: int):
+    """Everything plan() needs, in three small queries: the execution row (without its big
+    JSON columns), the attempts' planning columns, and (only if some attempt failed) log tails."""
+    execution = _execution_row(execution_pk)
     if execution is None:
         return None, None, [], {}, {}
-    fz = frozen(execution.execution_id, lambda: db.session.execute(
-        select(WorkflowExecution.pipeline_snapshot).where(WorkflowExecution.id == execution_pk)).scalar_one())
+    fz = frozen_of(execution.execution_id, execution_pk)
     rows = db.session.execute(
         select(*ATTEMPT_COLUMNS).where(SEH.execution_id == execution_pk).order_by(SEH.id)).all()
     latest = _latest_by_step(rows)
@@ -177,19 +181,25 @@ def _latest_by_step(attempts) -> dict[int, Any]:
     return latest
 
 
-def advance(execution_pk: int, first: Callable[[], None] | None = None) -> list:
+def advance(execution_pk: int, first: Callable[[], int | None] | None = None) -> list:
     """Plan and apply until nothing more can be decided now. Safe to call any number of times.
 
     `first` runs inside the first locked transaction before planning (the step job records its
-    result there, so a finished step and the decisions it unlocks commit together).
+    result there, so a finished step and the decisions it unlocks commit together). When it
+    returns the id of a step that just succeeded, the focused plan is tried first: it reads only
+    that step's neighbourhood, and leaves anything else to the full plan in the same transaction.
     """
     applied: list = []
     for _ in range(20):  # a plan is a fixpoint; a zero-delay retry needs one more round
         after: list[Callable[[], None]] = []
         begin_locked(execution_pk)
         if first is not None:
-            first()
-            first = None
+            succeeded, first = first(), None
+            if succeeded is not None and _advance_after_success(execution_pk, succeeded, after, applied):
+                db.session.commit()
+                for action in after:
+                    action()
+                return applied
         execution, fz, rows, approvals, tails = _load(execution_pk)
         if execution is None or execution.status in TERMINAL_EXECUTION:
             db.session.commit()
@@ -214,6 +224,39 @@ def advance(execution_pk: int, first: Callable[[], None] | None = None) -> list:
             break
     return applied
 
+
+def _advance_after_success(execution_pk: int, step_id: int, after: list, applied: list) -> bool:
+    """The hot path of a finished step: the focused plan (engine.planner.plan_after_success) on
+    the attempts of the step's neighbourhood, plus the summary from two indexed reads. True when
+    that was enough; False leaves the rest (failures, skips, approvals, groups, the execution's
+    end) to the full plan, which then sees whatever this applied."""
+    execution = _execution_row(execution_pk)
+    if execution is None or execution.status != "running" or execution.cancel_requested:
+        return False
+    fz = frozen_of(execution.execution_id, execution_pk)
+    focus = focus_after_success(fz.definition, step_id)
+    if focus is None:
+        return False
+    rows = db.session.execute(select(*ATTEMPT_COLUMNS).where(
+        SEH.execution_id == execution_pk, SEH.step_id.in_(focus)).order_by(SEH.id)).all()
+    now = utcnow()
+    decisions = plan_after_success(execution_snapshot(execution, rows, {}, definition=fz.definition), now, step_id)
+    if decisions is None:
+        return False
+    state = {sid: (a.step_name, a.status) for sid, a in _latest_by_step(rows).items()}
+    applied.extend(_enqueue_all(decisions, fz, now, after, state))
+    busy = list(db.session.execute(
+        select(SEH.step_name).where(SEH.execution_id == execution_pk, SEH.status.in_(("running", "queued")))
+        .order_by(SEH.id).limit(_CURRENT_STEP_NAMES)).scalars())
+    if not busy:
+        return False  # the execution ends or waits for an approval: the full plan says which
+    current = ", ".join(busy)[:120]
+    if execution.current_step != current:
+        execution.current_step = current
+    return True
+
+
+_CURRENT_STEP_NAMES = 40  # enough names to fill current_step's 120 characters
 
 _SEH_TABLE = SEH.__table__
 
@@ -393,6 +436,14 @@ def emit_event(event: str, execution: WorkflowExecution, attempt_id: int | None 
     notifications.emit(event, execution, attempt, extra)
 
 
+def emit_step_event(event: str, execution_pk: int, fz: Frozen, attempt_id: int) -> None:
+    """emit_event for the step job: the execution row is read only when someone listens."""
+    from . import notifications
+
+    if notifications.hears_frozen(event, fz):
+        emit_event(event, db.session.get(WorkflowExecution, execution_pk), attempt_id=attempt_id)
+
+
 # ------------------------------------------------------------------ step results (called by the step job)
 
 def mark_running(attempt_id: int, worker_name: str, job_id: str | None):
@@ -436,7 +487,8 @@ def frozen_of(execution_id: str, execution_pk: int) -> Frozen:
         select(WorkflowExecution.pipeline_snapshot).where(WorkflowExecution.id == execution_pk)).scalar_one())
 
 
-def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | None, result) -> bool:
+def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | None, result,
+                   step_id: int | None = None) -> bool:
     """Record a runner's result and advance the execution, in one locked transaction.
 
     The result is recorded only if the attempt is still running (else it was cancelled or
@@ -444,7 +496,7 @@ def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | No
     """
     recorded: list[bool] = []
 
-    def record() -> None:
+    def record() -> int | None:
         now = utcnow()
         duration = (now - started_at).total_seconds() if started_at else None
         ok = _set(attempt_id, ("running",), status=result.status, exit_code=result.exit_code,
@@ -455,6 +507,7 @@ def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | No
                                .values(logs=result.logs, duration_seconds=duration)
                                .execution_options(synchronize_session=False))
         recorded.append(ok)
+        return step_id if ok and result.status == "success" else None
 
     advance(execution_pk, first=record)
     if not recorded:  # the execution row is gone
@@ -471,20 +524,32 @@ def fail_attempt(attempt_id: int, kind: str, message: str, expected: Iterable[st
 
 
 def outputs_by_step(execution_pk: int, step_ids: Iterable[int] | None = None) -> dict[str, dict[str, str]]:
-    """Outputs of the latest successful attempt of each step (of `step_ids` only, when given)."""
-    q = select(SEH.step_name, SEH.output_data, SEH.retry_count, SEH.id).where(
-        SEH.execution_id == execution_pk, SEH.status == "success")
+    """Outputs of the latest successful attempt of each step (of `step_ids` only, when given).
+
+    Two reads: which attempt is the latest success of each step (small columns, with the size
+    of its outputs), then the outputs of those that have any. Most steps write none, so a deep
+    chain's step does not decode the JSON of every step above it.
+    """
+    t = _SEH_TABLE
+    size = func.length(cast(t.c.output_data, Text))
+    q = select(t.c.step_name, t.c.retry_count, t.c.id, size).where(
+        t.c.execution_id == execution_pk, t.c.status == "success")
     if step_ids is not None:
         step_ids = list(step_ids)
         if not step_ids:
             return {}
-        q = q.where(SEH.step_id.in_(step_ids))
-    rows = db.session.execute(q).all()
+        q = q.where(t.c.step_id.in_(step_ids))
     best: dict[str, tuple] = {}
-    for r in rows:
-        if r.step_name not in best or (r.retry_count, r.id) > best[r.step_name][0]:
-            best[r.step_name] = ((r.retry_count, r.id), r.output_data or {})
-    return {name: v[1] for name, v in best.items()}
+    for name, retry_count, attempt_id, n in db.session.execute(q):
+        if name not in best or (retry_count, attempt_id) > best[name][:2]:
+            best[name] = (retry_count, attempt_id, n)
+    out = {name: {} for name in best}
+    wanted = {v[1]: name for name, v in best.items() if v[2] is not None and v[2] > 2}  # not "{}" / "null"
+    if wanted:
+        for attempt_id, data in db.session.execute(
+                select(t.c.id, t.c.output_data).where(t.c.id.in_(list(wanted)))):
+            out[wanted[attempt_id]] = data or {}
+    return out
 
 
 # ------------------------------------------------------------------ people's actions

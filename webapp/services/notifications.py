@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
@@ -41,6 +42,7 @@ from ..database import begin_locked
 from ..extensions import db
 from ..models import NotificationChannel, NotificationDelivery, Pipeline, PipelineStep, StepExecutionHistory, User, WorkflowExecution, utcnow
 from ..models.notification import CHANNEL_TYPES, DELIVERY_STATES
+from ..models.snapshots import Frozen
 from .accounts import ValidationError
 from .notify_net import DeliveryFailed, Refused, check_url, mask_secret, mask_url, refusal, scrub
 from .notify_templates import EVENT_LABELS, format_duration, render_message, template_error
@@ -279,8 +281,11 @@ _HEARD: dict[tuple[str, Any], frozenset[str]] = {}
 
 def hears(event: str, execution: WorkflowExecution) -> bool:
     """Does any notification config of this execution listen to `event`? (no SQL after the first call)"""
+    return _listened(event, _events_heard(execution))
+
+
+def _listened(event: str, heard: frozenset[str]) -> bool:
     key = ALIASES.get(event, event)
-    heard = _events_heard(execution)
     return key in heard or (key in ("success", "failed") and bool(heard & {"fixed", "regression"}))
 
 
@@ -296,10 +301,7 @@ def _events_heard(execution: WorkflowExecution) -> frozenset[str]:
     heard = _HEARD.get(key) if key else None
     if heard is None:
         snap = execution.pipeline_snapshot or {}
-        found = set(subscribed_events(snap.get("notification_config"), "pipeline"))
-        for s in snap.get("steps") or ():
-            found |= subscribed_events(s.get("notification_config"), "step")
-        heard = frozenset(found)
+        heard = _heard_in(snap.get("notification_config"), snap.get("steps") or ())
         if key:
             if len(_HEARD) > 4096:
                 _HEARD.clear()
@@ -307,11 +309,29 @@ def _events_heard(execution: WorkflowExecution) -> frozenset[str]:
     return heard
 
 
+def _heard_in(pipeline_cfg: dict | None, steps: Iterable[dict]) -> frozenset[str]:
+    found = set(subscribed_events(pipeline_cfg, "pipeline"))
+    for s in steps:
+        found |= subscribed_events(s.get("notification_config"), "step")
+    return frozenset(found)
+
+
+_HEARD_BY_FROZEN: "weakref.WeakKeyDictionary[Frozen, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def hears_frozen(event: str, fz: Frozen) -> bool:
+    """`hears` from an execution's parsed definition: the step job asks this before it loads
+    the execution row (whose JSON snapshot costs more to read than the step's own bookkeeping)."""
+    heard = _HEARD_BY_FROZEN.get(fz)
+    if heard is None:
+        heard = _HEARD_BY_FROZEN[fz] = _heard_in(fz.notification_config, fz.steps.values())
+    return _listened(event, heard)
+
+
 def _plans(event: str, execution: WorkflowExecution, attempt, extra) -> tuple[list[_Plan], dict | None]:
     """Pure and in memory: which configs of the frozen snapshot hear this event."""
     key = ALIASES.get(event, event)
-    heard = _events_heard(execution)
-    if key not in heard and not (key in ("success", "failed") and heard & {"fixed", "regression"}):
+    if not _listened(event, _events_heard(execution)):
         return [], None
     snap = execution.pipeline_snapshot or {}
     pcfg = snap.get("notification_config")

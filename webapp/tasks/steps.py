@@ -35,23 +35,64 @@ def _job_id() -> str | None:
 
 
 class _Heartbeat(threading.Thread):
-    """Marks the attempt alive in the database so the reconciler can tell a dead worker."""
+    """Marks the running attempt alive in the database so the reconciler can tell a dead worker.
 
-    def __init__(self, engine, attempt_id: int, every: float):
-        super().__init__(daemon=True)
-        self.engine, self.attempt_id, self.every = engine, attempt_id, every
-        self.stopped = threading.Event()
+    One thread per worker process, told which attempt to beat for: starting a thread per step
+    cost a measurable share of a short step (Thread.start waits for the thread to run).
+    """
+
+    def __init__(self):
+        super().__init__(daemon=True, name="ansflow-heartbeat")
+        self.cond = threading.Condition()
+        self.target: tuple | None = None  # (engine, attempt id, every)
+        self.generation = 0
+
+    def watch(self, engine, attempt_id: int, every: float) -> None:
+        with self.cond:
+            self.target = (engine, attempt_id, every)
+            self.generation += 1
+            self.cond.notify()
+
+    def release(self) -> None:
+        with self.cond:
+            self.target = None
+            self.generation += 1
+            self.cond.notify()
 
     def run(self) -> None:
-        from ..models import StepExecutionHistory as SEH, utcnow
+        while True:
+            with self.cond:
+                while self.target is None:
+                    self.cond.wait()
+                (engine, attempt_id, every), generation = self.target, self.generation
+                self.cond.wait(every)  # a new target or a release wakes it early
+                if self.generation != generation:
+                    continue
+            _beat(engine, attempt_id)
 
-        while not self.stopped.wait(self.every):
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(update(SEH).where(SEH.id == self.attempt_id, SEH.status == "running")
-                                 .values(heartbeat_at=utcnow()))
-            except Exception:  # a busy database skips one beat; the next one retries
-                pass
+
+def _beat(engine, attempt_id: int) -> None:
+    from ..models import StepExecutionHistory as SEH, utcnow
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
+                         .values(heartbeat_at=utcnow()))
+    except Exception:  # a busy database skips one beat; the next one retries
+        pass
+
+
+_HEARTBEATS: dict[int, _Heartbeat] = {}
+
+
+def _heartbeat() -> _Heartbeat:
+    """This process's heartbeat thread (a forked work-horse starts its own)."""
+    beat = _HEARTBEATS.get(os.getpid())
+    if beat is None:
+        _HEARTBEATS.clear()
+        beat = _HEARTBEATS[os.getpid()] = _Heartbeat()
+        beat.start()
+    return beat
 
 
 def run_step(attempt_id: int) -> str:
@@ -62,7 +103,7 @@ def run_step(attempt_id: int) -> str:
 def _run_step(attempt_id: int) -> str:
     from ..engine.graph import upstream
     from ..extensions import db
-    from ..models import StepExecutionHistory as SEH, WorkflowExecution, utcnow
+    from ..models import StepExecutionHistory as SEH, utcnow
     from ..queues import stop_requested
     from ..runners import registry
     from ..runners.base import StepContext
@@ -103,17 +144,17 @@ def _run_step(attempt_id: int) -> str:
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
     db.session.commit()  # release the read transaction before a long step
-    heartbeat = _Heartbeat(engine, attempt_id, cfg["HEARTBEAT_SECONDS"])
-    heartbeat.start()
+    heartbeat = _heartbeat()
+    heartbeat.watch(engine, attempt_id, cfg["HEARTBEAT_SECONDS"])
     try:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
-        heartbeat.stopped.set()
-    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result)
+        heartbeat.release()
+    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
-            svc.emit_event(event, db.session.get(WorkflowExecution, job.id), attempt_id=attempt_id)
+            svc.emit_step_event(event, job.id, fz, attempt_id)
     return result.status
 
 
