@@ -63,13 +63,18 @@ def enqueue(purpose: str, func: str, *args, job_id: str | None = None, at: datet
     return q.enqueue(func, *args, **options)
 
 
+# A finished step job's record expires after this long. Not 0: RQ deletes a job with ttl 0
+# at once, a dozen Redis commands on every step's critical path, where an EXPIRE is one.
+STEP_RESULT_TTL = 60
+
+
 def enqueue_steps(jobs: list[tuple[int, int]]) -> None:
     """Enqueue run_step for many attempts in one Redis pipeline: (attempt id, job timeout) pairs."""
     if not jobs:
         return
     q = get_queue(STEPS)
     datas = [Queue.prepare_data("webapp.tasks.steps.run_step", args=(attempt_id,), job_id=f"step-{attempt_id}",
-                                timeout=timeout, result_ttl=0, failure_ttl=24 * 3600)
+                                timeout=timeout, result_ttl=STEP_RESULT_TTL, failure_ttl=24 * 3600)
              for attempt_id, timeout in jobs]
     q.enqueue_many(datas)
 

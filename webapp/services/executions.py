@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import String, Text, cast, func, insert, literal, select, update
+from sqlalchemy import String, Text, bindparam, cast, func, insert, literal, select, update
 from sqlalchemy.orm import defer
 
 from ..database import begin_locked
@@ -230,7 +230,10 @@ def _advance_after_success(execution_pk: int, step_id: int, after: list, applied
     the attempts of the step's neighbourhood, plus the summary from two indexed reads. True when
     that was enough; False leaves the rest (failures, skips, approvals, groups, the execution's
     end) to the full plan, which then sees whatever this applied."""
-    execution = _execution_row(execution_pk)
+    w = WorkflowExecution
+    execution = db.session.execute(select(
+        w.id, w.execution_id, w.status, w.cancel_requested, w.context_variables, w.trigger_data,
+        w.started_at, w.current_step).where(w.id == execution_pk)).first()
     if execution is None or execution.status != "running" or execution.cancel_requested:
         return False
     fz = frozen_of(execution.execution_id, execution_pk)
@@ -252,7 +255,8 @@ def _advance_after_success(execution_pk: int, step_id: int, after: list, applied
         return False  # the execution ends or waits for an approval: the full plan says which
     current = ", ".join(busy)[:120]
     if execution.current_step != current:
-        execution.current_step = current
+        db.session.execute(update(w).where(w.id == execution_pk).values(current_step=current)
+                           .execution_options(synchronize_session=False))
     return True
 
 
@@ -273,19 +277,24 @@ def _set(attempt_id: int, expected: Iterable[str], **values) -> bool:
     return result.rowcount == 1
 
 
+# Built once: composing the job-id expression cost more than running the statement.
+_ENQUEUE = (
+    _SEH_TABLE.update()
+    .where(_SEH_TABLE.c.id.in_(bindparam("ids", expanding=True)),
+           _SEH_TABLE.c.status.in_(("pending", "waiting_approval", "retry_scheduled")))
+    .values(status="queued", queued_at=bindparam("now"),
+            rq_job_id=literal("step-") + cast(_SEH_TABLE.c.id, String))
+    .returning(_SEH_TABLE.c.id)
+)
+
+
 def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state: dict) -> list:
     """All Enqueue decisions of a plan as one conditional UPDATE ... RETURNING and one Redis
     pipeline (a fan-out of N steps costs two round trips, not 2N)."""
     if not decisions:
         return []
-    t = _SEH_TABLE
     won = set(db.session.connection().execute(
-        t.update()
-        .where(t.c.id.in_([d.attempt_id for d in decisions]),
-               t.c.status.in_(("pending", "waiting_approval", "retry_scheduled")))
-        .values(status="queued", queued_at=now, rq_job_id=literal("step-") + cast(t.c.id, String))
-        .returning(t.c.id)
-    ).scalars())
+        _ENQUEUE, {"ids": [d.attempt_id for d in decisions], "now": now}).scalars())
     done = [d for d in decisions if d.attempt_id in won]
     jobs = []
     for d in done:
@@ -526,30 +535,33 @@ def fail_attempt(attempt_id: int, kind: str, message: str, expected: Iterable[st
 def outputs_by_step(execution_pk: int, step_ids: Iterable[int] | None = None) -> dict[str, dict[str, str]]:
     """Outputs of the latest successful attempt of each step (of `step_ids` only, when given).
 
-    Two reads: which attempt is the latest success of each step (small columns, with the size
-    of its outputs), then the outputs of those that have any. Most steps write none, so a deep
-    chain's step does not decode the JSON of every step above it.
+    Most steps write no outputs, so the database returns only the attempts that did and that
+    no later success of the same step replaced (a step re-run by retry_step): a deep chain's
+    step neither decodes nor even receives a row per step above it.
     """
-    t = _SEH_TABLE
-    size = func.length(cast(t.c.output_data, Text))
-    q = select(t.c.step_name, t.c.retry_count, t.c.id, size).where(
-        t.c.execution_id == execution_pk, t.c.status == "success")
     if step_ids is not None:
-        step_ids = list(step_ids)
+        step_ids = set(step_ids)
         if not step_ids:
             return {}
-        q = q.where(t.c.step_id.in_(step_ids))
-    best: dict[str, tuple] = {}
-    for name, retry_count, attempt_id, n in db.session.execute(q):
-        if name not in best or (retry_count, attempt_id) > best[name][:2]:
-            best[name] = (retry_count, attempt_id, n)
-    out = {name: {} for name in best}
-    wanted = {v[1]: name for name, v in best.items() if v[2] is not None and v[2] > 2}  # not "{}" / "null"
-    if wanted:
-        for attempt_id, data in db.session.execute(
-                select(t.c.id, t.c.output_data).where(t.c.id.in_(list(wanted)))):
-            out[wanted[attempt_id]] = data or {}
+    out: dict[str, dict[str, str]] = {}
+    for step_id, name, data in db.session.execute(_OUTPUTS, {"pk": execution_pk}):
+        if step_ids is None or step_id in step_ids:
+            out[name] = data or {}
     return out
+
+
+def _outputs_query():
+    a, b = _SEH_TABLE.alias("a"), _SEH_TABLE.alias("b")
+    later = select(b.c.id).where(
+        b.c.execution_id == a.c.execution_id, b.c.step_id == a.c.step_id, b.c.status == "success",
+        (b.c.retry_count > a.c.retry_count) | ((b.c.retry_count == a.c.retry_count) & (b.c.id > a.c.id)))
+    return select(a.c.step_id, a.c.step_name, a.c.output_data).where(
+        a.c.execution_id == bindparam("pk"), a.c.status == "success",
+        func.length(cast(a.c.output_data, Text)) > 2,  # neither "{}" nor "null"
+        ~later.exists())
+
+
+_OUTPUTS = _outputs_query()
 
 
 # ------------------------------------------------------------------ people's actions

@@ -37,38 +37,30 @@ def _job_id() -> str | None:
 class _Heartbeat(threading.Thread):
     """Marks the running attempt alive in the database so the reconciler can tell a dead worker.
 
-    One thread per worker process, told which attempt to beat for: starting a thread per step
-    cost a measurable share of a short step (Thread.start waits for the thread to run).
+    One thread per worker process beating every `every` seconds for whichever attempt is
+    running now. Telling it costs an attribute assignment: a thread per step, or waking this
+    one at each step, cost a measurable share of a short step. A new attempt's first beat comes
+    at most `every` seconds after it started (its claim already set heartbeat_at).
     """
 
-    def __init__(self):
+    def __init__(self, every: float):
         super().__init__(daemon=True, name="ansflow-heartbeat")
-        self.cond = threading.Condition()
-        self.target: tuple | None = None  # (engine, attempt id, every)
-        self.generation = 0
+        self.every = every
+        self.target: tuple | None = None  # (engine, attempt id)
+        self.ticks = threading.Event()  # never set: its wait is an interruptible periodic timer
 
-    def watch(self, engine, attempt_id: int, every: float) -> None:
-        with self.cond:
-            self.target = (engine, attempt_id, every)
-            self.generation += 1
-            self.cond.notify()
+    def watch(self, engine, attempt_id: int) -> None:
+        self.target = (engine, attempt_id)
 
     def release(self) -> None:
-        with self.cond:
-            self.target = None
-            self.generation += 1
-            self.cond.notify()
+        self.target = None
 
     def run(self) -> None:
         while True:
-            with self.cond:
-                while self.target is None:
-                    self.cond.wait()
-                (engine, attempt_id, every), generation = self.target, self.generation
-                self.cond.wait(every)  # a new target or a release wakes it early
-                if self.generation != generation:
-                    continue
-            _beat(engine, attempt_id)
+            self.ticks.wait(self.every)
+            target = self.target
+            if target is not None:
+                _beat(*target)
 
 
 def _beat(engine, attempt_id: int) -> None:
@@ -85,12 +77,12 @@ def _beat(engine, attempt_id: int) -> None:
 _HEARTBEATS: dict[int, _Heartbeat] = {}
 
 
-def _heartbeat() -> _Heartbeat:
+def _heartbeat(every: float) -> _Heartbeat:
     """This process's heartbeat thread (a forked work-horse starts its own)."""
     beat = _HEARTBEATS.get(os.getpid())
-    if beat is None:
+    if beat is None or beat.every != every:
         _HEARTBEATS.clear()
-        beat = _HEARTBEATS[os.getpid()] = _Heartbeat()
+        beat = _HEARTBEATS[os.getpid()] = _Heartbeat(every)
         beat.start()
     return beat
 
@@ -144,8 +136,8 @@ def _run_step(attempt_id: int) -> str:
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
     db.session.commit()  # release the read transaction before a long step
-    heartbeat = _heartbeat()
-    heartbeat.watch(engine, attempt_id, cfg["HEARTBEAT_SECONDS"])
+    heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
+    heartbeat.watch(engine, attempt_id)
     try:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
