@@ -342,10 +342,15 @@ _subreaper_users = 0
 _subreaper_was_set = True
 
 
+_libc = None
+
+
 def _prctl(option: int, arg) -> bool:
+    global _libc
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, arg, 0, 0, 0) == 0
+        if _libc is None:  # loading it costs more than the system call: once per process
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(option, arg, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 

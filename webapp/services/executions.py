@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import String, Text, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import defer
 
 from ..database import begin_locked
@@ -27,6 +28,7 @@ from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, Work
 from ..models.snapshots import ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def
 from ..queues import CONTROL, enqueue, enqueue_steps, request_stop
 from .accounts import ValidationError
+from . import step_sql as sql
 from .pipelines import freeze
 
 SEH = StepExecutionHistory
@@ -181,7 +183,7 @@ def _latest_by_step(attempts) -> dict[int, Any]:
     return latest
 
 
-def advance(execution_pk: int, first: Callable[[], int | None] | None = None) -> list:
+def advance(execution_pk: int, first: Callable[[], int | None] | None = None, claim: "Claim | None" = None) -> list:
     """Plan and apply until nothing more can be decided now. Safe to call any number of times.
 
     `first` runs inside the first locked transaction before planning (the step job records its
@@ -195,7 +197,7 @@ def advance(execution_pk: int, first: Callable[[], int | None] | None = None) ->
         begin_locked(execution_pk)
         if first is not None:
             succeeded, first = first(), None
-            if succeeded is not None and _advance_after_success(execution_pk, succeeded, after, applied):
+            if succeeded is not None and _advance_after_success(execution_pk, succeeded, after, applied, claim):
                 db.session.commit()
                 for action in after:
                     action()
@@ -225,42 +227,39 @@ def advance(execution_pk: int, first: Callable[[], int | None] | None = None) ->
     return applied
 
 
-def _advance_after_success(execution_pk: int, step_id: int, after: list, applied: list) -> bool:
+def _advance_after_success(execution_pk: int, step_id: int, after: list, applied: list,
+                           claim: "Claim | None" = None) -> bool:
     """The hot path of a finished step: the focused plan (engine.planner.plan_after_success) on
-    the attempts of the step's neighbourhood, plus the summary from two indexed reads. True when
+    the attempts of the step's neighbourhood, and current_step in one statement. True when
     that was enough; False leaves the rest (failures, skips, approvals, groups, the execution's
-    end) to the full plan, which then sees whatever this applied."""
-    w = WorkflowExecution
-    execution = db.session.execute(select(
-        w.id, w.execution_id, w.status, w.cancel_requested, w.context_variables, w.trigger_data,
-        w.started_at, w.current_step).where(w.id == execution_pk)).first()
+    end) to the full plan, which then sees whatever this applied. With a `claim`, the first
+    step it unlocks goes straight to running for the calling worker instead of to the queue."""
+    conn = db.session.connection()
+    execution = conn.execute(sql.EXECUTION_ROW, {"pk": execution_pk}).first()
     if execution is None or execution.status != "running" or execution.cancel_requested:
         return False
     fz = frozen_of(execution.execution_id, execution_pk)
     focus = focus_after_success(fz.definition, step_id)
     if focus is None:
         return False
-    rows = db.session.execute(select(*ATTEMPT_COLUMNS).where(
-        SEH.execution_id == execution_pk, SEH.step_id.in_(focus)).order_by(SEH.id)).all()
+    rows = conn.execute(sql.FOCUS_ATTEMPTS, {"pk": execution_pk, "steps": list(focus)}).all()
     now = utcnow()
     decisions = plan_after_success(execution_snapshot(execution, rows, {}, definition=fz.definition), now, step_id)
     if decisions is None:
         return False
-    state = {sid: (a.step_name, a.status) for sid, a in _latest_by_step(rows).items()}
-    applied.extend(_enqueue_all(decisions, fz, now, after, state))
-    busy = list(db.session.execute(
-        select(SEH.step_name).where(SEH.execution_id == execution_pk, SEH.status.in_(("running", "queued")))
-        .order_by(SEH.id).limit(_CURRENT_STEP_NAMES)).scalars())
-    if not busy:
-        return False  # the execution ends or waits for an approval: the full plan says which
-    current = ", ".join(busy)[:120]
-    if execution.current_step != current:
-        db.session.execute(update(w).where(w.id == execution_pk).values(current_step=current)
-                           .execution_options(synchronize_session=False))
-    return True
+    if claim is not None and decisions:
+        first = decisions[0]
+        claim.row = conn.execute(sql.CLAIM_PENDING, {
+            "aid": first.attempt_id, "now": now, "worker": claim.worker_name, "job": claim.job_id}).first()
+        if claim.row is not None:
+            applied.append(first)
+            decisions = decisions[1:]
+    if decisions:
+        state = {sid: (a.step_name, a.status) for sid, a in _latest_by_step(rows).items()}
+        applied.extend(_enqueue_all(decisions, fz, now, after, state))
+    # None: nothing runs or waits in the queue, so the execution ends or waits for an approval
+    return conn.execute(sql.CURRENT_STEP, {"pk": execution_pk}).scalar() is not None
 
-
-_CURRENT_STEP_NAMES = 40  # enough names to fill current_step's 120 characters
 
 _SEH_TABLE = SEH.__table__
 
@@ -277,15 +276,18 @@ def _set(attempt_id: int, expected: Iterable[str], **values) -> bool:
     return result.rowcount == 1
 
 
-# Built once: composing the job-id expression cost more than running the statement.
-_ENQUEUE = (
-    _SEH_TABLE.update()
-    .where(_SEH_TABLE.c.id.in_(bindparam("ids", expanding=True)),
-           _SEH_TABLE.c.status.in_(("pending", "waiting_approval", "retry_scheduled")))
-    .values(status="queued", queued_at=bindparam("now"),
-            rq_job_id=literal("step-") + cast(_SEH_TABLE.c.id, String))
-    .returning(_SEH_TABLE.c.id)
-)
+def job_timeout(step: dict) -> int:
+    """RQ's timeout for a step's job: a backstop behind the runners' own step timeout."""
+    return int(step.get("timeout_seconds") or 24 * 3600) + 120
+
+
+@dataclass
+class Claim:
+    """A step job's offer to run a successor itself (see tasks.steps._may_continue); `row` is
+    the attempt it claimed (id, execution_id, step_id, retry_count, started_at), if any."""
+    worker_name: str
+    job_id: str | None
+    row: Any = None
 
 
 def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state: dict) -> list:
@@ -294,12 +296,12 @@ def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state:
     if not decisions:
         return []
     won = set(db.session.connection().execute(
-        _ENQUEUE, {"ids": [d.attempt_id for d in decisions], "now": now}).scalars())
+        sql.ENQUEUE, {"ids": [d.attempt_id for d in decisions], "now": now}).scalars())
     done = [d for d in decisions if d.attempt_id in won]
     jobs = []
     for d in done:
         state[d.step_id] = (state[d.step_id][0], "queued")
-        jobs.append((d.attempt_id, int(fz.steps[d.step_id].get("timeout_seconds") or 24 * 3600) + 120))
+        jobs.append((d.attempt_id, job_timeout(fz.steps[d.step_id])))
     if jobs:
         after.append(lambda: enqueue_steps(jobs))
     return done
@@ -456,16 +458,12 @@ def emit_step_event(event: str, execution_pk: int, fz: Frozen, attempt_id: int) 
 # ------------------------------------------------------------------ step results (called by the step job)
 
 def mark_running(attempt_id: int, worker_name: str, job_id: str | None):
-    """queued -> running; returns (execution_id, step_id, retry_count, started_at) or None if the
+    """queued -> running; returns (id, execution_id, step_id, retry_count, started_at) or None if the
     attempt was not queued (cancelled, a duplicate or a stale job)."""
     begin_locked()
     now = utcnow()
-    row = db.session.execute(
-        update(SEH).where(SEH.id == attempt_id, SEH.status == "queued")
-        .values(status="running", started_at=now, heartbeat_at=now, worker_name=worker_name, rq_job_id=job_id)
-        .returning(SEH.execution_id, SEH.step_id, SEH.retry_count, SEH.started_at)
-        .execution_options(synchronize_session=False)
-    ).first()
+    row = db.session.connection().execute(
+        sql.CLAIM_QUEUED, {"aid": attempt_id, "now": now, "worker": worker_name, "job": job_id}).first()
     db.session.commit()
     return row
 
@@ -497,28 +495,29 @@ def frozen_of(execution_id: str, execution_pk: int) -> Frozen:
 
 
 def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | None, result,
-                   step_id: int | None = None) -> bool:
+                   step_id: int | None = None, claim: Claim | None = None) -> bool:
     """Record a runner's result and advance the execution, in one locked transaction.
 
     The result is recorded only if the attempt is still running (else it was cancelled or
     declared lost meanwhile: its logs are kept, not its verdict). Returns whether it was recorded.
+    With a `claim`, a successor this success unlocks may be claimed for the caller (claim.row).
     """
     recorded: list[bool] = []
 
     def record() -> int | None:
         now = utcnow()
         duration = (now - started_at).total_seconds() if started_at else None
-        ok = _set(attempt_id, ("running",), status=result.status, exit_code=result.exit_code,
-                  failure_kind=result.failure, error_message=result.error_message or "", logs=result.logs,
-                  output_data=result.outputs or {}, finished_at=now, duration_seconds=duration)
+        conn = db.session.connection()
+        ok = conn.execute(sql.RECORD, {
+            "aid": attempt_id, "status": result.status, "exit_code": result.exit_code, "failure": result.failure,
+            "error": result.error_message or "", "logs": result.logs, "outputs": result.outputs or {},
+            "now": now, "duration": duration}).rowcount == 1
         if not ok:
-            db.session.execute(update(SEH).where(SEH.id == attempt_id)
-                               .values(logs=result.logs, duration_seconds=duration)
-                               .execution_options(synchronize_session=False))
+            conn.execute(sql.RECORD_LOGS, {"aid": attempt_id, "logs": result.logs, "duration": duration})
         recorded.append(ok)
         return step_id if ok and result.status == "success" else None
 
-    advance(execution_pk, first=record)
+    advance(execution_pk, first=record, claim=claim)
     if not recorded:  # the execution row is gone
         return False
     return recorded[0]
@@ -544,24 +543,12 @@ def outputs_by_step(execution_pk: int, step_ids: Iterable[int] | None = None) ->
         if not step_ids:
             return {}
     out: dict[str, dict[str, str]] = {}
-    for step_id, name, data in db.session.execute(_OUTPUTS, {"pk": execution_pk}):
+    for step_id, name, data in db.session.connection().execute(sql.OUTPUTS, {"pk": execution_pk}):
         if step_ids is None or step_id in step_ids:
             out[name] = data or {}
     return out
 
 
-def _outputs_query():
-    a, b = _SEH_TABLE.alias("a"), _SEH_TABLE.alias("b")
-    later = select(b.c.id).where(
-        b.c.execution_id == a.c.execution_id, b.c.step_id == a.c.step_id, b.c.status == "success",
-        (b.c.retry_count > a.c.retry_count) | ((b.c.retry_count == a.c.retry_count) & (b.c.id > a.c.id)))
-    return select(a.c.step_id, a.c.step_name, a.c.output_data).where(
-        a.c.execution_id == bindparam("pk"), a.c.status == "success",
-        func.length(cast(a.c.output_data, Text)) > 2,  # neither "{}" nor "null"
-        ~later.exists())
-
-
-_OUTPUTS = _outputs_query()
 
 
 # ------------------------------------------------------------------ people's actions

@@ -4,6 +4,8 @@ from __future__ import annotations
 from flask import Flask, current_app, has_app_context
 
 _app: Flask | None = None
+_worker = None       # the RQ worker of this process (set by worker.install_worker_hooks)
+_worker_pid: int | None = None
 
 
 def app_context():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -93,6 +94,21 @@ def run_step(attempt_id: int) -> str:
 
 
 def _run_step(attempt_id: int) -> str:
+    from ..services import executions as svc
+
+    claimed = svc.mark_running(attempt_id, _worker_name(), _job_id())
+    if claimed is None:
+        return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
+    ran = []
+    while claimed is not None:
+        status, claimed = _run_claimed(claimed)
+        ran.append(status)
+    return ran[0] if len(ran) == 1 else f"{len(ran)} steps: " + ", ".join(ran)
+
+
+def _run_claimed(claimed):
+    """Run one claimed attempt and record it; returns (its status, the successor this worker
+    claimed to run next, if any: see _may_continue)."""
     from ..engine.graph import upstream
     from ..extensions import db
     from ..models import StepExecutionHistory as SEH, utcnow
@@ -102,9 +118,7 @@ def _run_step(attempt_id: int) -> str:
     from ..runners.env import build_env
     from ..services import executions as svc
 
-    claimed = svc.mark_running(attempt_id, _worker_name(), _job_id())
-    if claimed is None:
-        return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
+    attempt_id = claimed.id
     job = svc.job_context(claimed.execution_id)
     fz = svc.frozen_of(job.execution_id, job.id)
     step = fz.steps[claimed.step_id]
@@ -142,12 +156,61 @@ def _run_step(attempt_id: int) -> str:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
         heartbeat.release()
-    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id)
+    claim = svc.Claim(_worker_name(), _job_id()) if result.status == "success" and _may_continue() else None
+    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id,
+                                  claim=claim)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
             svc.emit_step_event(event, job.id, fz, attempt_id)
-    return result.status
+    successor = claim.row if claim is not None else None
+    if successor is not None:
+        _rearm_backstop(svc.job_timeout(fz.steps[successor.step_id]))
+    return result.status, successor
+
+
+def _may_continue() -> bool:
+    """May this worker run a successor its step unlocks itself, instead of enqueueing it?
+
+    That saves the successor a Redis round trip, RQ's job bookkeeping and a claim transaction
+    (most of a short step's orchestration cost). Only when nothing else waits in the queues
+    this worker serves (so no other execution waits behind a long chain), when the worker is not
+    shutting down, in a non-forking worker (a forked work-horse runs one step, for isolation),
+    and when RQ's timeout backstop can be re-armed for the successor.
+    """
+    from .. import tasks
+    from ..queues import ALL_QUEUES, get_queue, redis_conn
+
+    worker = tasks._worker
+    if worker is None or not current_app.config["INLINE_SUCCESSORS"] or os.getpid() != tasks._worker_pid:
+        return False
+    if getattr(worker, "_stop_requested", True) or not _backstop_rearmable():
+        return False
+    try:
+        pipe = redis_conn().pipeline(transaction=False)
+        for purpose in ALL_QUEUES:
+            pipe.llen(get_queue(purpose).key)
+        return sum(pipe.execute()) == 0
+    except Exception:  # noqa: BLE001 - when in doubt, enqueue as usual
+        return False
+
+
+def _backstop_rearmable() -> bool:
+    from rq.timeouts import UnixSignalDeathPenalty
+
+    handler = signal.getsignal(signal.SIGALRM)
+    return (threading.current_thread() is threading.main_thread()
+            and isinstance(getattr(handler, "__self__", None), UnixSignalDeathPenalty))
+
+
+def _rearm_backstop(seconds: int) -> None:
+    """Give a successor run by this job the same RQ timeout backstop its own job would have had
+    (RQ's death penalty for this job is a SIGALRM alarm; _may_continue checked that)."""
+    handler = signal.getsignal(signal.SIGALRM)
+    penalty = getattr(handler, "__self__", None)
+    if penalty is not None:
+        penalty._timeout = seconds  # its message names the timeout
+    signal.alarm(seconds)
 
 
 def advance_execution(execution_pk: int) -> str:

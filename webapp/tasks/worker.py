@@ -14,6 +14,7 @@ def install_worker_hooks(app: Flask, worker) -> None:
     # Jobs (also those of a forked work-horse, which has no app context) reuse this app
     # instead of building a new one per job.
     tasks._app = app
+    tasks._worker, tasks._worker_pid = worker, os.getpid()
 
     def _after_fork_in_child() -> None:
         # A forked job must not reuse the parent's pooled database connections.
