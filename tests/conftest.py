@@ -217,8 +217,9 @@ def workers(app, app_settings, tmp_path):
     logs = tmp_path / "worker-logs"
     logs.mkdir(exist_ok=True)
 
-    def start(n: int = 1, *, fork: bool = False, queues: str = "", extra: list[str] | None = None) -> list[subprocess.Popen]:
-        env = settings_env(app_settings)
+    def start(n: int = 1, *, fork: bool = False, queues: str = "", extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+        env = {**settings_env(app_settings), **(env or {})}
         new = []
         for _ in range(n):
             name = f"w{len(procs)}-{secrets.token_hex(3)}"

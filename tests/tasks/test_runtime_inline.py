@@ -1,0 +1,86 @@
+"""A worker runs a successor its step unlocks itself, when nothing else waits in its queues."""
+from __future__ import annotations
+
+from webapp.services import executions as svc
+
+from ..conftest import wait_for
+from .helpers import latest, make_pipeline, refresh, run, wait_finished, wait_status
+
+
+def _chain(*commands, name="chain"):
+    steps = []
+    for i, command in enumerate(commands):
+        step = {"name": f"s{i + 1}", "parameters": {"command": command}}
+        if i:
+            step["depends_on"] = [f"s{i}"]
+        steps.append(step)
+    return make_pipeline(steps, name=name)
+
+
+def test_a_worker_runs_the_successors_it_unlocks_itself(app, workers):
+    workers(1)
+    e = wait_finished(run(_chain("true", "echo two", "echo three")))
+    assert e.status == "success", e.status_reason
+    s1, s2, s3 = (latest(e, n) for n in ("s1", "s2", "s3"))
+    # one RQ job ran the whole chain: the successors never went through the queue
+    assert s1.rq_job_id == f"step-{s1.id}"
+    assert s2.rq_job_id == s3.rq_job_id == s1.rq_job_id
+    assert s2.worker_name == s3.worker_name == s1.worker_name
+    assert s2.queued_at == s2.started_at and s3.queued_at == s3.started_at
+    assert s1.finished_at <= s2.started_at <= s2.finished_at <= s3.started_at
+    assert "three" in s3.logs and e.current_step is None
+
+
+def test_work_already_waiting_goes_first(app, workers, tmp_path):
+    workers(1)
+    gate = tmp_path / "gate"
+    a = run(_chain(f"while [ ! -e {gate} ]; do sleep 0.05; done", "true", name="long"))
+    wait_status(a, "s1", "running")
+    b = run(make_pipeline([{"name": "other", "parameters": {"command": "true"}}], name="other"))
+    assert latest(b, "other").status == "queued"  # the only worker is busy with a's s1
+    gate.touch()
+    a, b = wait_finished(a), wait_finished(b)
+    assert a.status == b.status == "success"
+    s2, other = latest(a, "s2"), latest(b, "other")
+    # b's job was waiting, so s2 went to the back of the queue instead of jumping ahead of it
+    assert s2.rq_job_id == f"step-{s2.id}"
+    assert other.started_at <= s2.started_at
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cancel_kills_a_successor_run_inline(app, workers, users, tmp_path):
+    workers(1)
+    pidfile = tmp_path / "pid"
+    e = run(_chain("true", f"echo $$ > {pidfile}; exec sleep 300"))
+    s2 = wait_status(e, "s2", "running")
+    assert s2.rq_job_id == latest(e, "s1").rq_job_id
+    pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() and int(pidfile.read_text()),
+                   timeout=15, message="the step's pid")
+    assert _alive(pid)
+    svc.cancel(refresh(e), users["maintainer"])
+    e = wait_finished(e)
+    assert e.status == "cancelled" and latest(e, "s2").status == "cancelled"
+    wait_for(lambda: not _alive(pid), timeout=20, message="the cancelled step's process to be killed")
+
+
+def test_every_step_has_its_own_job_when_inline_runs_are_off(app, workers):
+    workers(1, env={"ANSFLOW_INLINE_SUCCESSORS": "0"})
+    e = wait_finished(run(_chain("true", "true")))
+    assert e.status == "success"
+    s2 = latest(e, "s2")
+    assert s2.rq_job_id == f"step-{s2.id}" and s2.queued_at <= s2.started_at
+
+
+def test_a_forking_worker_runs_one_step_per_work_horse(app, workers):
+    workers(1, fork=True)
+    e = wait_finished(run(_chain("true", "true")))
+    assert e.status == "success"
+    s2 = latest(e, "s2")
+    assert s2.rq_job_id == f"step-{s2.id}"
