@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Index, JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -72,6 +72,8 @@ class StepExecutionHistory(db.Model):
     __table_args__ = (
         enum_check("status", STEP_STATES),
         UniqueConstraint("execution_id", "step_id", "retry_count"),
+        # "the running (or queued) steps of this execution", read as each step finishes
+        Index("ix_step_execution_history_execution_status", "execution_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -281,6 +281,12 @@ def job_timeout(step: dict) -> int:
     return int(step.get("timeout_seconds") or 24 * 3600) + 120
 
 
+def may_unlock(fz: Frozen, step_id: int) -> bool:
+    """Can this step's success unlock a dependent the focused plan would hand to a Claim?"""
+    focus = focus_after_success(fz.definition, step_id)
+    return focus is not None and len(focus) > 1
+
+
 @dataclass
 class Claim:
     """A step job's offer to run a successor itself (see tasks.steps._may_continue); `row` is
@@ -392,16 +398,17 @@ def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: da
 
 def _refresh_summary(execution: WorkflowExecution, fz: Frozen, state: dict[int, tuple[str, str]]) -> None:
     """Keep the AnsFlow summary fields true, from the state advance() already holds (no re-read)."""
-    running = [name for name, st in state.values() if st in ("running", "queued")]
+    running = [name for name, st in state.values() if st == "running"]
+    queued = [name for name, st in state.values() if st == "queued"]
     waiting = [name for name, st in state.values() if st == "waiting_approval"]
     failed = sorted(name for name, st in state.values() if st in ("failed", "timed_out"))
-    current = ", ".join(running or waiting)[:120] or None
+    current = ", ".join(running or queued or waiting)[:120] or None  # as step_sql.CURRENT_STEP
     if execution.current_step != current:
         execution.current_step = current
     if execution.failed_steps != failed:
         execution.failed_steps = failed
     if execution.status in ("running", "waiting_approval"):
-        status = "waiting_approval" if waiting and not running else "running"
+        status = "waiting_approval" if waiting and not (running or queued) else "running"
         if execution.status != status:
             execution.status = status
     if fz.has_approvals:

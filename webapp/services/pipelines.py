@@ -14,6 +14,8 @@ nothing when anything is wrong.
 from __future__ import annotations
 
 import copy
+import json
+from collections import OrderedDict
 import re
 import secrets
 from typing import Any
@@ -401,8 +403,30 @@ def from_yaml(text: str) -> dict:
     return data
 
 
+_FROZEN_BY_VERSION: "OrderedDict[tuple[str, int, str, int], str]" = OrderedDict()
+
+
 def freeze(pipeline: Pipeline) -> dict:
-    """The definition frozen into an execution: ids, not names, so history matches steps."""
+    """The definition frozen into an execution: ids, not names, so history matches steps.
+
+    Every change of a definition goes through save_definition, which bumps the version, so a
+    (pipeline, version) freezes the same way every time: the process keeps it (as JSON text, so
+    each caller gets its own copy) and starting a 500-step pipeline skips reading 500 step rows.
+    """
+    # created_at tells a new pipeline from a deleted one whose id SQLite reused
+    key = (str(db.engine.url), pipeline.id, str(pipeline.created_at), pipeline.version)
+    text = _FROZEN_BY_VERSION.get(key)
+    if text is None:
+        text = json.dumps(_freeze(pipeline))
+        _FROZEN_BY_VERSION[key] = text
+        if len(_FROZEN_BY_VERSION) > 64:
+            _FROZEN_BY_VERSION.popitem(last=False)
+    else:
+        _FROZEN_BY_VERSION.move_to_end(key)
+    return json.loads(text)
+
+
+def _freeze(pipeline: Pipeline) -> dict:
     # one query for every step's dependencies, not one per step
     db.session.execute(select(PipelineStep).where(PipelineStep.pipeline_id == pipeline.id)
                        .options(selectinload(PipelineStep.depends_on))).scalars().all()

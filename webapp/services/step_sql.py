@@ -60,22 +60,24 @@ EXECUTION_ROW = select(
 FOCUS_ATTEMPTS = (
     select(*[A.c[col.key] for col in ATTEMPT_COLUMNS])
     .where(A.c.execution_id == bindparam("pk"), A.c.step_id.in_(bindparam("steps", expanding=True)))
-    .order_by(A.c.id)
-)
+)  # no ORDER BY: it would make SQLite walk every attempt of the execution in id order
 
 CURRENT_STEP_NAMES = 40  # enough names to fill current_step's 120 characters
 
 
-def _current_step_update():
-    busy = (select(A.c.step_name).where(A.c.execution_id == bindparam("pk"), A.c.status.in_(("running", "queued")))
+def _names(status: str):
+    """The names of the execution's attempts in `status`, joined (an index range, cut short)."""
+    some = (select(A.c.step_name).where(A.c.execution_id == bindparam("pk"), A.c.status == status)
             .order_by(A.c.id).limit(CURRENT_STEP_NAMES).subquery())
-    names = select(func.aggregate_strings(busy.c.step_name, ", ")).scalar_subquery()
-    return (W.update().where(W.c.id == bindparam("pk"))
-            .values(current_step=func.substr(names, 1, 120)).returning(W.c.current_step))
+    return select(func.aggregate_strings(some.c.step_name, ", ")).scalar_subquery()
 
 
-# current_step from the running and queued steps; returns it (None: nothing is running or queued)
-CURRENT_STEP = _current_step_update()
+# current_step: the running steps, else the queued ones; returns it (None: none of either)
+CURRENT_STEP = (
+    W.update().where(W.c.id == bindparam("pk"))
+    .values(current_step=func.substr(func.coalesce(_names("running"), _names("queued")), 1, 120))
+    .returning(W.c.current_step)
+)
 
 
 def _outputs_query():

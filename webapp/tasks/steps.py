@@ -156,7 +156,9 @@ def _run_claimed(claimed):
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
         heartbeat.release()
-    claim = svc.Claim(_worker_name(), _job_id()) if result.status == "success" and _may_continue() else None
+    claim = None
+    if result.status == "success" and svc.may_unlock(fz, claimed.step_id) and _may_continue():
+        claim = svc.Claim(_worker_name(), _job_id())
     recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id,
                                   claim=claim)
     if recorded:
