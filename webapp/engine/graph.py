@@ -703,7 +703,7 @@ def _suggestion(
 def upstream(defn: PipelineDef, step_id: int) -> frozenset[int]:
     """Every step that must have finished before `step_id` may start (transitive, with group
     barriers): the steps whose outputs a step can rely on."""
-    deps = barrier_dependencies(defn)
+    deps = _graph(defn).barrier  # read only: barrier_dependencies() would copy it per call
     seen: set[int] = set()
     stack = list(deps.get(step_id, ()))
     while stack:

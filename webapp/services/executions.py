@@ -252,6 +252,7 @@ def _advance_after_success(execution_pk: int, step_id: int, after: list, applied
         claim.row = conn.execute(sql.CLAIM_PENDING, {
             "aid": first.attempt_id, "now": now, "worker": claim.worker_name, "job": claim.job_id}).first()
         if claim.row is not None:
+            claim.outputs = step_outputs(execution_pk, claim.row.step_id)
             applied.append(first)
             decisions = decisions[1:]
     if decisions:
@@ -290,10 +291,12 @@ def may_unlock(fz: Frozen, step_id: int) -> bool:
 @dataclass
 class Claim:
     """A step job's offer to run a successor itself (see tasks.steps._may_continue); `row` is
-    the attempt it claimed (id, execution_id, step_id, retry_count, started_at), if any."""
+    the attempt it claimed (id, execution_id, step_id, retry_count, started_at), if any, and
+    `outputs` its step_outputs, read in the same transaction."""
     worker_name: str
     job_id: str | None
     row: Any = None
+    outputs: dict | None = None
 
 
 def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state: dict) -> list:
@@ -465,14 +468,23 @@ def emit_step_event(event: str, execution_pk: int, fz: Frozen, attempt_id: int) 
 # ------------------------------------------------------------------ step results (called by the step job)
 
 def mark_running(attempt_id: int, worker_name: str, job_id: str | None):
-    """queued -> running; returns (id, execution_id, step_id, retry_count, started_at) or None if the
-    attempt was not queued (cancelled, a duplicate or a stale job)."""
+    """queued -> running; returns (row, upstream outputs) or None if the attempt was not queued
+    (cancelled, a duplicate or a stale job). The row is (id, execution_id, step_id, retry_count,
+    started_at); the outputs (see step_outputs) are read in the same transaction."""
     begin_locked()
     now = utcnow()
     row = db.session.connection().execute(
         sql.CLAIM_QUEUED, {"aid": attempt_id, "now": now, "worker": worker_name, "job": job_id}).first()
+    outputs = step_outputs(row.execution_id, row.step_id) if row is not None else None
     db.session.commit()
-    return row
+    return None if row is None else (row, outputs)
+
+
+def step_outputs(execution_pk: int, step_id: int) -> dict[str, dict[str, str]]:
+    """What a step's environment gets of earlier steps: the outputs of the steps upstream of it."""
+    job = job_context(execution_pk)
+    fz = frozen_of(job.execution_id, execution_pk)
+    return outputs_by_step(execution_pk, graph.upstream(fz.definition, step_id))
 
 
 _JOB_CONTEXT: dict[tuple[str, int], Any] = {}

@@ -101,15 +101,15 @@ def _run_step(attempt_id: int) -> str:
         return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
     ran = []
     while claimed is not None:
-        status, claimed = _run_claimed(claimed)
+        status, claimed = _run_claimed(*claimed)
         ran.append(status)
     return ran[0] if len(ran) == 1 else f"{len(ran)} steps: " + ", ".join(ran)
 
 
-def _run_claimed(claimed):
-    """Run one claimed attempt and record it; returns (its status, the successor this worker
-    claimed to run next, if any: see _may_continue)."""
-    from ..engine.graph import upstream
+def _run_claimed(claimed, outputs: dict):
+    """Run one claimed attempt (given the outputs of the steps upstream of it) and record it;
+    returns (its status, the successor this worker claimed to run next as (row, outputs), or
+    None: see _may_continue)."""
     from ..extensions import db
     from ..models import StepExecutionHistory as SEH, utcnow
     from ..queues import stop_requested
@@ -145,11 +145,11 @@ def _run_claimed(claimed):
         step_name=step["name"], step_type=step["step_type"], parameters=step.get("parameters") or {},
         env=build_env(execution_id=job.execution_id, attempt_number=attempt_number, step_name=step["name"],
                       variables=variables, trigger=job.trigger_data or {},
-                      outputs=svc.outputs_by_step(job.id, upstream(fz.definition, claimed.step_id)), output_file=None, workspace=workspace),
+                      outputs=outputs, output_file=None, workspace=workspace),
         workspace=workspace, timeout_seconds=step.get("timeout_seconds"), secrets=secrets,
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
-    db.session.commit()  # release the read transaction before a long step
+    db.session.commit()  # release any read transaction before a long step
     heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
     heartbeat.watch(engine, attempt_id)
     try:
@@ -165,10 +165,10 @@ def _run_claimed(claimed):
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
             svc.emit_step_event(event, job.id, fz, attempt_id)
-    successor = claim.row if claim is not None else None
-    if successor is not None:
-        _rearm_backstop(svc.job_timeout(fz.steps[successor.step_id]))
-    return result.status, successor
+    if claim is None or claim.row is None:
+        return result.status, None
+    _rearm_backstop(svc.job_timeout(fz.steps[claim.row.step_id]))
+    return result.status, (claim.row, claim.outputs)
 
 
 def _may_continue() -> bool:
