@@ -85,7 +85,7 @@ def is_sqlite() -> bool:
     return db.engine.dialect.name == "sqlite"
 
 
-def begin_locked(execution_pk: int | None = None) -> None:
+def begin_locked(execution_pk: int | None = None, read=None):
     """Start a write transaction that serialises writers of one execution.
 
     Every service function that writes begins with this. On SQLite (WAL) a transaction that
@@ -95,6 +95,9 @@ def begin_locked(execution_pk: int | None = None) -> None:
     SQLite: BEGIN IMMEDIATE takes the database write lock before we read the snapshot, after a
     turn on the writers' lock file (see _WriterQueue).
     PostgreSQL: a row lock on the execution (other executions proceed in parallel).
+
+    `read` (a SELECT ... FOR UPDATE of the execution's row, with a :pk parameter; SQLite ignores
+    FOR UPDATE) is run as part of taking the lock, and its row returned.
     """
     session = db.session()  # the Session behind the scoped proxy
     if session.in_transaction():
@@ -108,5 +111,10 @@ def begin_locked(execution_pk: int | None = None) -> None:
         except BaseException:
             _writers.release()  # no transaction began, so its end would never release it
             raise
+        if read is not None:
+            return session.connection().execute(read, {"pk": execution_pk}).first()
     elif execution_pk is not None:
+        if read is not None:  # the read is the lock (it says FOR UPDATE): one round trip, not two
+            return session.connection().execute(read, {"pk": execution_pk}).first()
         session.execute(text("SELECT id FROM workflow_executions WHERE id = :id FOR UPDATE"), {"id": execution_pk})
+    return None

@@ -194,10 +194,10 @@ def advance(execution_pk: int, first: Callable[[], int | None] | None = None, cl
     applied: list = []
     for _ in range(20):  # a plan is a fixpoint; a zero-delay retry needs one more round
         after: list[Callable[[], None]] = []
-        begin_locked(execution_pk)
+        locked = begin_locked(execution_pk, read=sql.EXECUTION_ROW_LOCKED if first is not None else None)
         if first is not None:
             succeeded, first = first(), None
-            if succeeded is not None and _advance_after_success(execution_pk, succeeded, after, applied, claim):
+            if succeeded is not None and _advance_after_success(locked, succeeded, after, applied, claim):
                 db.session.commit()
                 for action in after:
                     action()
@@ -227,17 +227,18 @@ def advance(execution_pk: int, first: Callable[[], int | None] | None = None, cl
     return applied
 
 
-def _advance_after_success(execution_pk: int, step_id: int, after: list, applied: list,
+def _advance_after_success(execution, step_id: int, after: list, applied: list,
                            claim: "Claim | None" = None) -> bool:
     """The hot path of a finished step: the focused plan (engine.planner.plan_after_success) on
     the attempts of the step's neighbourhood, and current_step in one statement. True when
     that was enough; False leaves the rest (failures, skips, approvals, groups, the execution's
     end) to the full plan, which then sees whatever this applied. With a `claim`, the first
-    step it unlocks goes straight to running for the calling worker instead of to the queue."""
-    conn = db.session.connection()
-    execution = conn.execute(sql.EXECUTION_ROW, {"pk": execution_pk}).first()
+    step it unlocks goes straight to running for the calling worker instead of to the queue.
+    `execution` is its row as read when the write lock was taken (step_sql.EXECUTION_ROW)."""
     if execution is None or execution.status != "running" or execution.cancel_requested:
         return False
+    conn = db.session.connection()
+    execution_pk = execution.id
     fz = frozen_of(execution.execution_id, execution_pk)
     focus = focus_after_success(fz.definition, step_id)
     if focus is None:

@@ -57,6 +57,9 @@ EXECUTION_ROW = select(
     W.c.started_at,
 ).where(W.c.id == bindparam("pk"))
 
+# the same, taking the execution's row lock on PostgreSQL (database.begin_locked's `read`)
+EXECUTION_ROW_LOCKED = EXECUTION_ROW.with_for_update()
+
 FOCUS_ATTEMPTS = (
     select(*[A.c[col.key] for col in ATTEMPT_COLUMNS])
     .where(A.c.execution_id == bindparam("pk"), A.c.step_id.in_(bindparam("steps", expanding=True)))
