@@ -163,9 +163,13 @@ def _supervise(group: "_Group", ctx: StepContext, log: LogBuffer) -> tuple[str |
     """Wait for bash to exit, streaming the log; return (stop reason, why) when it must be stopped."""
     timeout = ctx.timeout_seconds
     deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
-    next_stop_check = 0.0
-    last_emit = float("-inf")
-    emitted = 0   # a fresh buffer's version: emit as soon as anything was read (even before this loop began)
+    # A step that ends within its first STOP_POLL / LOG_INTERVAL costs no Redis round trip and
+    # no log write: its whole log is recorded with its result. (A cancel sent before it started
+    # was already seen by the claim, which finds the attempt no longer queued.)
+    started = time.monotonic()
+    next_stop_check = started + STOP_POLL
+    last_emit = started
+    emitted = 0   # a fresh buffer's version: once the interval has passed, emit what was read
     while not group.exited():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
