@@ -29,22 +29,36 @@ class _WriterQueue(threading.local):
     """
 
     def __init__(self):
-        self.fds: dict[str, int] = {}
+        self.files: dict[str, _LockFile] = {}
         self.held: str | None = None
 
     def acquire(self, path: str) -> None:
         if self.held == path:
             return
-        fd = self.fds.get(path)
-        if fd is None:
-            fd = self.fds[path] = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = self.files.get(path)
+        if lock is None:
+            lock = self.files[path] = _LockFile(path + ".writelock")
+        fcntl.flock(lock.fd, fcntl.LOCK_EX)
         self.held = path
 
     def release(self) -> None:
         if self.held is not None:
-            fcntl.flock(self.fds[self.held], fcntl.LOCK_UN)
+            fcntl.flock(self.files[self.held].fd, fcntl.LOCK_UN)
             self.held = None
+
+
+class _LockFile:
+    """An open lock file, closed when its thread's _WriterQueue goes (a web server may start a
+    thread per request: their descriptors must not pile up)."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)  # closing also drops a lock still held
+        except OSError:
+            pass
 
 
 _writers = _WriterQueue()
