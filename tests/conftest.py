@@ -37,6 +37,15 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def process_alive(pid: int) -> bool:
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _pg_base_url() -> str | None:
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:

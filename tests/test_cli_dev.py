@@ -8,7 +8,7 @@ import pytest
 
 from webapp.embedded_redis import free_port
 
-from .conftest import ROOT, settings_env, wait_for
+from .conftest import ROOT, process_alive, settings_env, wait_for
 
 
 def _children(pid: int) -> set[int]:
@@ -25,13 +25,6 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_dev_server_stops_its_worker_and_redis(app, app_settings, tmp_path, sig):
@@ -47,7 +40,7 @@ def test_dev_server_stops_its_worker_and_redis(app, app_settings, tmp_path, sig)
                             message="the worker and Redis processes")
         proc.send_signal(sig)
         proc.wait(30)
-        wait_for(lambda: not any(_alive(c) for c in children), timeout=20, message="children to exit")
+        wait_for(lambda: not any(process_alive(c) for c in children), timeout=20, message="children to exit")
     finally:
         if proc.poll() is None:
             proc.kill()

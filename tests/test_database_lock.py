@@ -1,10 +1,16 @@
-"""database.begin_locked on SQLite: writers take turns on a lock file, across threads and processes."""
+"""database.begin_locked on SQLite: writers take turns on a lock file, across threads and processes.
+
+The lock file is SQLite's (PostgreSQL locks the execution's row), so these tests build their own
+SQLite app whatever database the rest of the suite runs on.
+"""
+import fcntl
 import os
 import threading
 
 import pytest
 
-from webapp.database import begin_locked, is_sqlite
+from webapp import create_app
+from webapp.database import begin_locked
 from webapp.extensions import db
 
 
@@ -21,12 +27,18 @@ def _write_in_thread(app, results, index):
 
 
 @pytest.fixture
-def sqlite_only(app):
-    if not is_sqlite():
-        pytest.skip("the lock file is SQLite's; PostgreSQL locks the execution's row")
+def sqlite_app(app_settings, tmp_path):
+    app = create_app({"TESTING": True, "SECRET_KEY": "test-secret", **app_settings,
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'lock.db'}"})
+    with app.app_context():
+        db.create_all()
+        yield app
+        db.session.remove()
+        db.engine.dispose()
 
 
-def test_writer_threads_take_turns_and_leave_no_descriptor_behind(app, sqlite_only):
+def test_writer_threads_take_turns_and_leave_no_descriptor_behind(sqlite_app):
+    app = sqlite_app
     results = [False] * 20
     before = _open_fds()
     threads = [threading.Thread(target=_write_in_thread, args=(app, results, i)) for i in range(20)]
@@ -38,9 +50,7 @@ def test_writer_threads_take_turns_and_leave_no_descriptor_behind(app, sqlite_on
     assert _open_fds() <= before + 2  # each thread's lock file closed with the thread
 
 
-def test_the_lock_is_held_for_the_transaction_only(app, sqlite_only):
-    import fcntl
-
+def test_the_lock_is_held_for_the_transaction_only(sqlite_app):
     path = os.path.abspath(db.engine.url.database) + ".writelock"
     begin_locked()
     fd = os.open(path, os.O_RDWR)

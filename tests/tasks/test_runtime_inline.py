@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from webapp.services import executions as svc
 
-from ..conftest import wait_for
+from ..conftest import process_alive, wait_for
 from .helpers import latest, make_pipeline, refresh, run, wait_finished, wait_status
 
 
@@ -47,14 +47,6 @@ def test_work_already_waiting_goes_first(app, workers, tmp_path):
     assert other.started_at <= s2.started_at
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_cancel_kills_a_successor_run_inline(app, workers, users, tmp_path):
     workers(1)
     pidfile = tmp_path / "pid"
@@ -63,11 +55,11 @@ def test_cancel_kills_a_successor_run_inline(app, workers, users, tmp_path):
     assert s2.rq_job_id == latest(e, "s1").rq_job_id
     pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() and int(pidfile.read_text()),
                    timeout=15, message="the step's pid")
-    assert _alive(pid)
+    assert process_alive(pid)
     svc.cancel(refresh(e), users["maintainer"])
     e = wait_finished(e)
     assert e.status == "cancelled" and latest(e, "s2").status == "cancelled"
-    wait_for(lambda: not _alive(pid), timeout=20, message="the cancelled step's process to be killed")
+    wait_for(lambda: not process_alive(pid), timeout=20, message="the cancelled step's process to be killed")
 
 
 def test_every_step_has_its_own_job_when_inline_runs_are_off(app, workers):

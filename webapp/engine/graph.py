@@ -611,7 +611,7 @@ def _suggestions(
     new graph or no longer than the bound, so `finish + what follows` safely raises the bound,
     which prunes more as the walk goes on: a few near-critical steps are visited, not all
     descendants of b."""
-    label, rank, clean = g.label, g.rank, g.clean_effective
+    rank, clean = g.rank, g.clean_effective
     candidates = []
     for a, b in zip(chain, chain[1:]):
         A, B = topo[a], topo[b]
