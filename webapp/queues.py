@@ -68,15 +68,54 @@ def enqueue(purpose: str, func: str, *args, job_id: str | None = None, at: datet
 STEP_RESULT_TTL = 60
 
 
+def step_job_id(attempt_id: int) -> str:
+    """A step job's id names its attempt (a worker taking it from the queue reads no record)."""
+    return f"step-{attempt_id}"
+
+
 def enqueue_steps(jobs: list[tuple[int, int]]) -> None:
     """Enqueue run_step for many attempts in one Redis pipeline: (attempt id, job timeout) pairs."""
     if not jobs:
         return
     q = get_queue(STEPS)
-    datas = [Queue.prepare_data("webapp.tasks.steps.run_step", args=(attempt_id,), job_id=f"step-{attempt_id}",
+    datas = [Queue.prepare_data("webapp.tasks.steps.run_step", args=(attempt_id,), job_id=step_job_id(attempt_id),
                                 timeout=timeout, result_ttl=STEP_RESULT_TTL, failure_ttl=24 * 3600)
              for attempt_id, timeout in jobs]
     q.enqueue_many(datas)
+
+
+# What a worker does after a step (tasks.steps._next_work), decided atomically in Redis: KEYS
+# are the queues it serves in its order of priority, the step queue last. Any job waiting in a
+# queue served before the step queue: 'busy' (back to RQ, which takes that job first). Nothing
+# in the step queue either: 'empty'. A step job at its head: that job leaves the queue and its
+# record is deleted, exactly as if this worker had dequeued it ('took', job id); without a record,
+# the reconciler re-enqueues the attempt if the worker dies before claiming it. Any other job at
+# the head: 'busy'.
+_TAKE_HEAD = """
+for i = 1, #KEYS - 1 do
+  if redis.call('LLEN', KEYS[i]) > 0 then return {'busy'} end
+end
+local head = redis.call('LINDEX', KEYS[#KEYS], 0)
+if not head then return {'empty'} end
+if not string.match(head, '^step%-%d+$') then return {'busy'} end
+redis.call('LPOP', KEYS[#KEYS])
+redis.call('DEL', ARGV[1] .. head)
+return {'took', head}
+"""
+_scripts: dict[int, object] = {}
+
+
+def take_step_head(queue_keys: list[str]) -> tuple[str, str | None]:
+    """('busy' | 'empty' | 'took', the taken job's id): see _TAKE_HEAD."""
+    from rq.job import Job
+
+    conn = redis_conn()
+    script = _scripts.get(id(conn))
+    if script is None:
+        script = _scripts[id(conn)] = conn.register_script(_TAKE_HEAD)
+    found = script(keys=queue_keys, args=[Job.redis_job_namespace_prefix])
+    verdict = found[0].decode()
+    return verdict, (found[1].decode() if len(found) > 1 else None)
 
 
 def cancel_key(attempt_id: int) -> str:

@@ -248,7 +248,7 @@ def _advance_after_success(execution, step_id: int, after: list, applied: list,
     decisions = plan_after_success(execution_snapshot(execution, rows, {}, definition=fz.definition), now, step_id)
     if decisions is None:
         return False
-    if claim is not None and decisions:
+    if claim is not None and claim.attempt_id is None and decisions:
         first = decisions[0]
         claim.row = conn.execute(sql.CLAIM_PENDING, {
             "aid": first.attempt_id, "now": now, "worker": claim.worker_name, "job": claim.job_id}).first()
@@ -291,13 +291,33 @@ def may_unlock(fz: Frozen, step_id: int) -> bool:
 
 @dataclass
 class Claim:
-    """A step job's offer to run a successor itself (see tasks.steps._may_continue); `row` is
-    the attempt it claimed (id, execution_id, step_id, retry_count, started_at), if any, and
-    `outputs` its step_outputs, read in the same transaction."""
+    """A step job's offer to run another attempt itself (see tasks.steps._next_work): the queued
+    `attempt_id` whose job it took from the head of the queue (`job_id`), or, without one, the
+    first successor its step unlocks. `row` is the attempt it claimed (id, execution_id, step_id,
+    retry_count, started_at), if any, and `outputs` its step_outputs, read in the same transaction."""
     worker_name: str
     job_id: str | None
+    attempt_id: int | None = None
     row: Any = None
     outputs: dict | None = None
+
+    def take_queued(self, conn, now: datetime, execution_pk: int | None = None) -> None:
+        """queued -> running; with `execution_pk`, only an attempt of that execution (whose lock
+        the caller holds: claiming another execution's attempt there could deadlock two workers
+        on PostgreSQL, each holding an attempt of the execution the other one locked)."""
+        params = {"aid": self.attempt_id, "now": now, "worker": self.worker_name, "job": self.job_id}
+        if execution_pk is None:
+            self.row = conn.execute(sql.CLAIM_QUEUED, params).first()
+        else:
+            self.row = conn.execute(sql.CLAIM_QUEUED_IN, dict(params, pk=execution_pk)).first()
+        if self.row is not None:
+            self.outputs = step_outputs(self.row.execution_id, self.row.step_id)
+
+    def take_queued_alone(self) -> None:
+        """take_queued in a transaction of its own."""
+        begin_locked()
+        self.take_queued(db.session.connection(), utcnow())
+        db.session.commit()
 
 
 def _enqueue_all(decisions: list, fz: Frozen, now: datetime, after: list, state: dict) -> list:
@@ -472,13 +492,15 @@ def mark_running(attempt_id: int, worker_name: str, job_id: str | None):
     """queued -> running; returns (row, upstream outputs) or None if the attempt was not queued
     (cancelled, a duplicate or a stale job). The row is (id, execution_id, step_id, retry_count,
     started_at); the outputs (see step_outputs) are read in the same transaction."""
-    begin_locked()
-    now = utcnow()
-    row = db.session.connection().execute(
-        sql.CLAIM_QUEUED, {"aid": attempt_id, "now": now, "worker": worker_name, "job": job_id}).first()
-    outputs = step_outputs(row.execution_id, row.step_id) if row is not None else None
-    db.session.commit()
-    return None if row is None else (row, outputs)
+    claim = Claim(worker_name, job_id, attempt_id)
+    claim.take_queued_alone()
+    return None if claim.row is None else (claim.row, claim.outputs)
+
+
+def job_timeout_of(row) -> int:
+    """job_timeout of a claimed attempt's step (row as returned by a claim)."""
+    job = job_context(row.execution_id)
+    return job_timeout(frozen_of(job.execution_id, job.id).steps[row.step_id])
 
 
 def step_outputs(execution_pk: int, step_id: int) -> dict[str, dict[str, str]]:
@@ -520,7 +542,8 @@ def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | No
 
     The result is recorded only if the attempt is still running (else it was cancelled or
     declared lost meanwhile: its logs are kept, not its verdict). Returns whether it was recorded.
-    With a `claim`, a successor this success unlocks may be claimed for the caller (claim.row).
+    With a `claim`, the queued attempt it names (if of this execution) or else a successor this
+    success unlocks may be claimed for the caller (claim.row).
     """
     recorded: list[bool] = []
 
@@ -535,6 +558,8 @@ def finish_attempt(attempt_id: int, execution_pk: int, started_at: datetime | No
         if not ok:
             conn.execute(sql.RECORD_LOGS, {"aid": attempt_id, "logs": result.logs, "duration": duration})
         recorded.append(ok)
+        if claim is not None and claim.attempt_id is not None:
+            claim.take_queued(conn, now, execution_pk)
         return step_id if ok and result.status == "success" else None
 
     advance(execution_pk, first=record, claim=claim)

@@ -25,6 +25,14 @@ CLAIM_QUEUED = (
     .returning(*_RETURNED)
 )
 
+# the same, only for an attempt of the execution whose lock the caller holds
+CLAIM_QUEUED_IN = (
+    A.update().where(A.c.id == bindparam("aid"), A.c.status == "queued", A.c.execution_id == bindparam("pk"))
+    .values(status="running", started_at=bindparam("now"), heartbeat_at=bindparam("now"),
+            worker_name=bindparam("worker"), rq_job_id=bindparam("job"))
+    .returning(*_RETURNED)
+)
+
 # pending -> running in one step, for a successor the finishing worker runs itself
 CLAIM_PENDING = (
     A.update().where(A.c.id == bindparam("aid"), A.c.status == "pending")

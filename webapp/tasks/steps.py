@@ -5,6 +5,8 @@ import os
 import signal
 import socket
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 from flask import current_app
@@ -99,11 +101,15 @@ def _run_step(attempt_id: int) -> str:
     claimed = svc.mark_running(attempt_id, _worker_name(), _job_id())
     if claimed is None:
         return "skipped: attempt is not queued (cancelled, duplicate or stale job)"
-    ran = []
+    # what RQ's prepare_job_execution gave the worker and this job (SimpleWorker: timeout + 60)
+    _registered_until[0] = time.monotonic() + svc.job_timeout_of(claimed[0]) + 60
+    ran: Counter[str] = Counter()
     while claimed is not None:
         status, claimed = _run_claimed(*claimed)
-        ran.append(status)
-    return ran[0] if len(ran) == 1 else f"{len(ran)} steps: " + ", ".join(ran)
+        ran[status] += 1
+    if ran.total() == 1:
+        return next(iter(ran))
+    return f"{ran.total()} steps: " + ", ".join(f"{n} {status}" for status, n in ran.most_common())
 
 
 def _run_claimed(claimed, outputs: dict):
@@ -156,45 +162,59 @@ def _run_claimed(claimed, outputs: dict):
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
         heartbeat.release()
-    claim = None
-    if result.status == "success" and svc.may_unlock(fz, claimed.step_id) and _may_continue():
-        claim = svc.Claim(_worker_name(), _job_id())
+    claim = _next_work(result.status == "success" and svc.may_unlock(fz, claimed.step_id))
     recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id,
                                   claim=claim)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
             svc.emit_step_event(event, job.id, fz, attempt_id)
+    if claim is not None and claim.row is None and claim.attempt_id is not None:
+        # the taken job's attempt belongs to another execution (or is no longer queued)
+        claim.take_queued_alone()
     if claim is None or claim.row is None:
         return result.status, None
-    _rearm_backstop(svc.job_timeout(fz.steps[claim.row.step_id]))
+    _rearm_backstop(svc.job_timeout_of(claim.row))
     return result.status, (claim.row, claim.outputs)
 
 
-def _may_continue() -> bool:
-    """May this worker run a successor its step unlocks itself, instead of enqueueing it?
+def _next_work(may_unlock: bool):
+    """What this worker runs after its step, instead of going back to RQ for its next job: a
+    svc.Claim, or None (back to RQ).
 
-    That saves the successor a Redis round trip, RQ's job bookkeeping and a claim transaction
-    (most of a short step's orchestration cost). Only when nothing else waits in the queues
-    this worker serves (so no other execution waits behind a long chain), when the worker is not
-    shutting down, in a non-forking worker (a forked work-horse runs one step, for isolation),
-    and when RQ's timeout backstop can be re-armed for the successor.
+    When the job at the head of the step queue is a step job, the worker takes it from the queue
+    itself (exactly the job RQ would hand it next) and claims its attempt in the transaction that
+    records this step. When the queues are empty and this step's success unlocks dependents, it
+    claims the first of them there instead of enqueueing it (a chain runs in one job). Either way
+    the next step saves RQ's job bookkeeping, a Redis round trip and a claim transaction (most of
+    a short step's orchestration cost), and the queue's order is kept: a job waiting in a queue
+    this worker serves before the step queue (control, notifications) sends it back to RQ.
+
+    Only in a non-forking worker (a forked work-horse runs one step, for isolation) that is not
+    shutting down, and when RQ's timeout backstop can be re-armed for the next step.
     """
     from .. import tasks
-    from ..queues import ALL_QUEUES, get_queue, redis_conn
+    from ..queues import STEPS, get_queue, take_step_head
+    from ..services import executions as svc
 
     worker = tasks._worker
     if worker is None or not current_app.config["INLINE_SUCCESSORS"] or os.getpid() != tasks._worker_pid:
-        return False
+        return None
     if getattr(worker, "_stop_requested", True) or not _backstop_rearmable():
-        return False
+        return None
+    keys = [q.key for q in worker.queues]
+    step_key = get_queue(STEPS).key
+    if step_key not in keys:
+        return None
     try:
-        pipe = redis_conn().pipeline(transaction=False)
-        for purpose in ALL_QUEUES:
-            pipe.llen(get_queue(purpose).key)
-        return sum(pipe.execute()) == 0
+        verdict, job_id = take_step_head(keys[:keys.index(step_key) + 1])
     except Exception:  # noqa: BLE001 - when in doubt, enqueue as usual
-        return False
+        return None
+    if verdict == "took":
+        return svc.Claim(_worker_name(), job_id, attempt_id=attempt_of_job(job_id))
+    if verdict == "empty" and may_unlock:
+        return svc.Claim(_worker_name(), _job_id())
+    return None
 
 
 def _backstop_rearmable() -> bool:
@@ -206,13 +226,46 @@ def _backstop_rearmable() -> bool:
 
 
 def _rearm_backstop(seconds: int) -> None:
-    """Give a successor run by this job the same RQ timeout backstop its own job would have had
-    (RQ's death penalty for this job is a SIGALRM alarm; _may_continue checked that)."""
+    """Give a next step run by this job the same RQ timeout backstop its own job would have had
+    (RQ's death penalty for this job is a SIGALRM alarm; _next_work checked that), and keep
+    RQ's records of the worker and of this job alive as long as it runs steps."""
     handler = signal.getsignal(signal.SIGALRM)
     penalty = getattr(handler, "__self__", None)
     if penalty is not None:
         penalty._timeout = seconds  # its message names the timeout
     signal.alarm(seconds)
+    _keep_registered(seconds)
+
+
+_registered_until = [0.0]
+
+
+def _keep_registered(seconds: int) -> None:
+    """RQ gave the worker and this job a time to live from the first step's timeout; renew it
+    (for at least the next step's timeout) when it would otherwise end, a round trip a minute
+    at most, so that a long run of steps in one job never looks like a dead worker to RQ."""
+    import time
+
+    from rq import get_current_job
+    from rq.utils import now
+
+    from .. import tasks
+
+    clock = time.monotonic()
+    if _registered_until[0] - clock >= seconds + 60:
+        return
+    worker, job = tasks._worker, get_current_job()
+    if worker is None or job is None:
+        return
+    ttl = seconds + 60 + 300
+    try:
+        with worker.connection.pipeline() as pipe:
+            worker.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            pipe.execute()
+        _registered_until[0] = clock + ttl
+    except Exception:  # noqa: BLE001 - RQ's bookkeeping; the step runs either way
+        pass
 
 
 def advance_execution(execution_pk: int) -> str:
@@ -223,7 +276,11 @@ def advance_execution(execution_pk: int) -> str:
         return f"{len(decisions)} decisions"
 
 
-def requeue_attempt(attempt_id: int, job_id: str) -> None:
-    from ..queues import STEPS, enqueue
+def requeue_attempt(attempt_id: int, job_id: str | None = None) -> None:
+    from ..queues import STEPS, enqueue, step_job_id
 
-    enqueue(STEPS, "webapp.tasks.steps.run_step", attempt_id, job_id=job_id)
+    enqueue(STEPS, "webapp.tasks.steps.run_step", attempt_id, job_id=step_job_id(attempt_id))
+
+
+def attempt_of_job(job_id: str) -> int:
+    return int(job_id.removeprefix("step-"))
