@@ -2,6 +2,7 @@
 first), on the same Redis server, with the same worker class and count; figures are medians."""
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ class Suite:
             pipeline = db.session.get(Pipeline, pid)
             app.config["QUEUE_PREFIX"] = hold_prefix
             try:
+                gc.collect()
                 t0 = time.perf_counter()
                 execution = svc.start(pipeline)
                 a_ms.append((time.perf_counter() - t0) * 1000)
@@ -152,10 +154,12 @@ class Suite:
             self.stack.raw_queue(f"{hold_prefix}-steps").delete(delete_jobs=True)
             # raw RQ: one enqueue_many pipeline, then a loop of enqueue calls
             q = self.stack.raw_queue(f"{self.stack.prefix}-rawhold")
+            gc.collect()
             t0 = time.perf_counter()
             q.enqueue_many([Queue.prepare_data("bench.rawjobs.run_true", result_ttl=60) for _ in range(n)])
             r_ms.append((time.perf_counter() - t0) * 1000)
             q.delete(delete_jobs=True)
+            gc.collect()
             t0 = time.perf_counter()
             for _ in range(n):
                 q.enqueue("bench.rawjobs.run_true", result_ttl=60)

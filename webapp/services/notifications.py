@@ -309,6 +309,19 @@ def _events_heard(execution: WorkflowExecution) -> frozenset[str]:
     return heard
 
 
+def learn_heard(execution: WorkflowExecution, snapshot: dict) -> None:
+    """Fill _events_heard's cache for a new execution from the snapshot in hand: starting one
+    would otherwise read its whole snapshot back just to learn that nobody listens."""
+    from sqlalchemy import inspect as sa_inspect
+
+    identity = sa_inspect(execution).identity
+    if identity:
+        if len(_HEARD) > 4096:
+            _HEARD.clear()
+        _HEARD[(str(db.engine.url), identity)] = _heard_in(snapshot.get("notification_config"),
+                                                           snapshot.get("steps") or ())
+
+
 def _heard_in(pipeline_cfg: dict | None, steps: Iterable[dict]) -> frozenset[str]:
     found = set(subscribed_events(pipeline_cfg, "pipeline"))
     for s in steps:
