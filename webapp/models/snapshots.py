@@ -58,18 +58,24 @@ def frozen(execution_id: str, load: Callable[[], dict[str, Any]]) -> Frozen:
     """
     found = _FROZEN.get(execution_id)
     if found is None:
-        snap = load()
-        found = Frozen(
-            definition=pipeline_def(snap),
-            steps={s["id"]: s for s in snap.get("steps", [])},
-            has_approvals=any(s.get("approval_required") for s in snap.get("steps", [])),
-            notification_config=snap.get("notification_config"),
-        )
-        _FROZEN[execution_id] = found
-        if len(_FROZEN) > 256:
-            _FROZEN.popitem(last=False)
+        found = remember_frozen(execution_id, load())
     else:
         _FROZEN.move_to_end(execution_id)
+    return found
+
+
+def remember_frozen(execution_id: str, snap: dict[str, Any], definition: PipelineDef | None = None) -> Frozen:
+    """Cache the Frozen of an execution from its snapshot in hand (a new execution's, which
+    frozen() would otherwise read back from the database)."""
+    found = Frozen(
+        definition=definition or pipeline_def(snap),
+        steps={s["id"]: s for s in snap.get("steps", [])},
+        has_approvals=any(s.get("approval_required") for s in snap.get("steps", [])),
+        notification_config=snap.get("notification_config"),
+    )
+    _FROZEN[execution_id] = found
+    if len(_FROZEN) > 256:
+        _FROZEN.popitem(last=False)
     return found
 
 

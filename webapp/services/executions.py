@@ -25,7 +25,9 @@ from ..engine.planner import (
 from ..engine.retry import PolicyError, RetryPolicy
 from ..extensions import db
 from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, WorkflowExecution, utcnow
-from ..models.snapshots import ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def
+from ..models.snapshots import (
+    ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def, remember_frozen,
+)
 from ..queues import CONTROL, enqueue, enqueue_steps, request_stop
 from .accounts import ValidationError
 from . import step_sql as sql
@@ -91,7 +93,8 @@ def start(
     frozen = snapshot or freeze(pipeline)
     if not frozen["steps"]:
         raise ValidationError("This pipeline has no steps yet.", {"steps": "add a step first"})
-    problems = graph.validate(pipeline_def(frozen))
+    definition = pipeline_def(frozen)
+    problems = graph.validate(definition)
     if problems:
         raise ValidationError("The pipeline definition is invalid.", {"definition": problems[0].message})
     secrets_ = sorted(set(secret_variables or []) | {k for k in variables if SECRET_NAME.search(k)})
@@ -109,6 +112,7 @@ def start(
     from . import notifications
 
     notifications.learn_heard(execution, frozen)
+    remember_frozen(execution.execution_id, frozen, definition)
     rows = []
     for step in frozen["steps"]:
         old = (kept or {}).get(step["id"])
