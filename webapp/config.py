@@ -50,7 +50,8 @@ class Config:
         self.MAX_RETRIES_CAP = int(os.environ.get("ANSFLOW_MAX_RETRIES_CAP", "10"))
         self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))
         self.RECONCILE_SECONDS = int(os.environ.get("ANSFLOW_RECONCILE_SECONDS", "15"))
-        # A worker runs a successor its step unlocks itself when its queues are empty (tasks.steps._may_continue)
+        # After a step, a worker runs the next step itself (the head of the step queue, or a successor its
+        # step unlocks when the queues are empty) instead of going back to RQ (tasks.steps._next_work)
         self.INLINE_SUCCESSORS = os.environ.get("ANSFLOW_INLINE_SUCCESSORS", "1") not in ("0", "false", "no")
         self.HEARTBEAT_SECONDS = int(os.environ.get("ANSFLOW_HEARTBEAT_SECONDS", "5"))
         # Hosts/networks that webhook targets may resolve to although private (comma separated).

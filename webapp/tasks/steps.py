@@ -114,8 +114,8 @@ def _run_step(attempt_id: int) -> str:
 
 def _run_claimed(claimed, outputs: dict):
     """Run one claimed attempt (given the outputs of the steps upstream of it) and record it;
-    returns (its status, the successor this worker claimed to run next as (row, outputs), or
-    None: see _may_continue)."""
+    returns (its status, the attempt this worker claimed to run next as (row, outputs), or
+    None: see _next_work)."""
     from ..extensions import db
     from ..models import StepExecutionHistory as SEH, utcnow
     from ..queues import stop_requested
