@@ -24,6 +24,14 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
             continue
         met = {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
         out[f"{section}.{key}"] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+    # the same orchestration targets on PostgreSQL, for the figures its run measured
+    pg = (results.get("database") or {}).get("postgresql") or {}
+    for section, key, op, bound in TARGETS:
+        value = (pg.get(section) or {}).get(key)
+        if value is None:
+            continue
+        met = {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
+        out[f"postgresql.{section}.{key}"] = {"value": value, "target": f"{op} {bound:g}", "met": met}
     return out
 
 
@@ -71,6 +79,12 @@ def table(results: dict[str, Any]) -> str:
         if figures:
             rows.append((f"chain on {kind}: ratio", _fmt(figures.get("chain100_ratio")), "",
                          f"overhead {figures.get('overhead_ms_per_step')} ms/step"))
+            for name, label in (("fan50", "fan"), ("throughput", "throughput"), ("submit", "submit")):
+                fig = figures.get(name)
+                if fig:
+                    a, r = ((fig["ansflow_steps_s"], fig["raw_rq_jobs_s"]) if name == "throughput"
+                            else (fig.get("ansflow_s", fig.get("ansflow_ms")), fig.get("raw_rq_s", fig.get("raw_rq_ms"))))
+                    rows.append((f"{label} on {kind}: ratio", _fmt(fig["ratio"]), "", f"{_fmt(a)} vs {_fmt(r)}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for i, r in enumerate(rows):
