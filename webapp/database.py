@@ -132,3 +132,43 @@ def begin_locked(execution_pk: int | None = None, read=None):
             return session.connection().execute(read, {"pk": execution_pk}).first()
         session.execute(text("SELECT id FROM workflow_executions WHERE id = :id FOR UPDATE"), {"id": execution_pk})
     return None
+
+
+def insert_many(table, rows: list[dict]) -> None:
+    """INSERT many rows (all naming the same columns) in the session's transaction.
+
+    PostgreSQL: one COPY, which for 500 attempt rows costs a fifth of an executemany of
+    INSERTs (16 ms on this machine). Elsewhere: one executemany.
+    """
+    if not rows:
+        return
+    conn = db.session.connection()
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        conn.execute(table.insert(), rows)
+        return
+    import json
+
+    from psycopg import sql as pgsql
+    from sqlalchemy import JSON
+
+    names = list(rows[0])
+    as_json = [isinstance(table.c[n].type, JSON) for n in names]
+    statement = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+        pgsql.Identifier(table.name), pgsql.SQL(", ").join(pgsql.Identifier(n) for n in names))
+    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[n]) if j and row[n] is not None else row[n]
+                            for n, j in zip(names, as_json)])
+
+
+def allocate_ids(table, n: int) -> list[int]:
+    """n new primary keys of `table`, for rows the caller inserts in this write transaction
+    (begin_locked): PostgreSQL draws them from the column's sequence; on SQLite the write lock
+    that begin_locked holds makes max(id) + 1 .. + n safe."""
+    conn = db.session.connection()
+    if conn.dialect.name == "postgresql":
+        return list(conn.execute(text(
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)"),
+            {"n": n}).scalars())
+    top = conn.execute(text(f"SELECT coalesce(max(id), 0) FROM {table.name}")).scalar_one()
+    return list(range(top + 1, top + 1 + n))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import defer
 
-from ..database import begin_locked
+from ..database import allocate_ids, begin_locked, insert_many
 from ..engine import graph
 from ..engine.planner import (
     AwaitApproval, Cancel, Enqueue, FinishExecution, FinishGroup, ScheduleRetry, Skip, WakeAt,
@@ -28,7 +28,7 @@ from ..models import ApprovalRequest, Pipeline, StepExecutionHistory, User, Work
 from ..models.snapshots import (
     ATTEMPT_COLUMNS, LOG_TAIL, Frozen, execution_snapshot, frozen, pipeline_def, remember_frozen,
 )
-from ..queues import CONTROL, enqueue, enqueue_steps, request_stop
+from ..queues import CONTROL, enqueue, enqueue_steps, request_stop, step_job_id
 from .accounts import ValidationError
 from . import step_sql as sql
 from .pipelines import freeze
@@ -112,9 +112,11 @@ def start(
     from . import notifications
 
     notifications.learn_heard(execution, frozen)
-    remember_frozen(execution.execution_id, frozen, definition)
-    rows = []
+    fz = remember_frozen(execution.execution_id, frozen, definition)
+    rows: dict[int, dict] = {}
+    step_by_id = {}
     for step in frozen["steps"]:
+        step_by_id[step["id"]] = step
         old = (kept or {}).get(step["id"])
         row = {
             "execution_id": execution.id, "step_id": step["id"], "step_name": step["name"],
@@ -122,6 +124,7 @@ def start(
             "error_message": "", "output_data": {}, "created_at": now, "upstream_failed": False, "bypassed": False,
             # every row names the same columns: one executemany
             "exit_code": None, "skip_reason": None, "started_at": None, "finished_at": None, "duration_seconds": None,
+            "queued_at": None, "rq_job_id": None,
         }
         if old is not None:
             row.update(
@@ -130,14 +133,42 @@ def start(
                 finished_at=old.finished_at, duration_seconds=old.duration_seconds,
                 logs=f"[kept from execution {parent.execution_id}, attempt {old.retry_count + 1}]\n" + (old.logs or ""),
             )
-        rows.append(row)
-    # Core, not the ORM's bulk insert: no object needs tracking, and at 500 rows the ORM's
+        rows[step["id"]] = row
+    for row, attempt_id in zip(rows.values(), allocate_ids(_SEH_TABLE, len(rows))):
+        row["id"] = attempt_id
+    first = _first_enqueues(execution, rows, definition, now)
+    jobs = []
+    for d in first or ():
+        row = rows[d.step_id]
+        row.update(status="queued", queued_at=now, rq_job_id=step_job_id(d.attempt_id))
+        jobs.append((d.attempt_id, job_timeout(step_by_id[d.step_id])))
+    # not the ORM's bulk insert: no object needs tracking, and at 500 rows the ORM's
     # bookkeeping cost as much as the statement
-    db.session.connection().execute(_SEH_TABLE.insert(), rows)
+    insert_many(_SEH_TABLE, list(rows.values()))
+    pk = execution.id  # read before the commit expires it (a reload reads the whole snapshot)
+    if first is not None:
+        _refresh_summary(execution, fz, {sid: (r["step_name"], r["status"]) for sid, r in rows.items()})
     db.session.commit()
     emit_event("started", execution)
-    advance(execution.id)
+    if first is None:
+        advance(pk)
+    else:
+        enqueue_steps(jobs)
     return execution
+
+
+def _first_enqueues(execution: WorkflowExecution, rows: dict[int, dict], definition, now: datetime) -> list | None:
+    """The first plan of a new execution, made before its attempts are written: when it only
+    enqueues steps (the usual start), they are written as queued at once, which spares the
+    first advance re-reading every attempt and updating the ones it enqueues. None: the plan
+    decides more (skips, approvals, a finished resume...), which the first advance applies."""
+    from types import SimpleNamespace
+
+    fresh = [SimpleNamespace(failure_kind=None, scheduled_for=None, **row) for row in rows.values()]
+    decisions = plan(execution_snapshot(execution, fresh, {}, definition=definition), now)
+    if not decisions or any(not isinstance(d, Enqueue) for d in decisions):
+        return None
+    return decisions
 
 
 # ------------------------------------------------------------------ advancing
