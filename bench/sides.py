@@ -94,11 +94,18 @@ def ansflow_run(stack: Stack, pipeline_id: int, timeout: float = 600) -> Run:
     pk = execution.id
     db.session.remove()
 
-    def finished():
-        stack.check_alive()
-        with db.engine.connect() as conn:
-            return conn.execute(select(WE.status).where(WE.id == pk)).scalar_one() in TERMINAL
-    wait_until(finished, timeout, interval=0.02, what=f"AnsFlow execution {pk}")
+    # One connection for the whole wait (a checkout per poll cost the machine as much CPU as
+    # half a step, on the cores the workers use): each poll is one query, then the read
+    # transaction ends so the next one sees new commits (SQLite's snapshot would not).
+    query = select(WE.status).where(WE.id == pk)
+    with db.engine.connect() as conn:
+        def finished():
+            stack.check_alive()
+            try:
+                return conn.execute(query).scalar_one() in TERMINAL
+            finally:
+                conn.rollback()
+        wait_until(finished, timeout, interval=0.02, what=f"AnsFlow execution {pk}")
 
     with db.engine.connect() as conn:
         status, reason = conn.execute(select(WE.status, WE.status_reason).where(WE.id == pk)).one()

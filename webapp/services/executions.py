@@ -287,11 +287,15 @@ def _advance_after_success(execution, step_id: int, after: list, applied: list,
     focus = focus_after_success(fz.definition, step_id)
     if focus is None:
         return False
-    rows = conn.execute(sql.FOCUS_ATTEMPTS, {"pk": execution_pk, "steps": list(focus)}).all()
     now = utcnow()
-    decisions = plan_after_success(execution_snapshot(execution, rows, {}, definition=fz.definition), now, step_id)
-    if decisions is None:
-        return False
+    if len(focus) == 1:  # nothing depends on the step: its success decides nothing but the end
+        rows, decisions = [], []
+    else:
+        rows = conn.execute(sql.FOCUS_ATTEMPTS, {"pk": execution_pk, "steps": list(focus)}).all()
+        decisions = plan_after_success(execution_snapshot(execution, rows, {}, definition=fz.definition), now,
+                                       step_id)
+        if decisions is None:
+            return False
     if claim is not None and claim.attempt_id is None and decisions:
         first = decisions[0]
         claim.row = conn.execute(sql.CLAIM_PENDING, {
