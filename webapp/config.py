@@ -64,7 +64,10 @@ class Config:
         self.SMTP_PASSWORD = os.environ.get("SMTP_PASSWORD", "")
         self.SMTP_TLS = os.environ.get("SMTP_TLS", "none")  # none | starttls | ssl
         self.MAIL_FROM = os.environ.get("MAIL_FROM", "ansflow@localhost")
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # A pooled connection idle this long is pinged before use (database.configure): SQLAlchemy's
+        # pool_pre_ping would ping before every transaction, a round trip per step write.
+        self.SQLALCHEMY_ENGINE_OPTIONS: dict = {}
+        self.DB_PING_AFTER_SECONDS = float(os.environ.get("ANSFLOW_DB_PING_AFTER_SECONDS", "5"))
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
