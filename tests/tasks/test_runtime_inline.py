@@ -76,3 +76,36 @@ def test_a_forking_worker_runs_one_step_per_work_horse(app, workers):
     assert e.status == "success"
     s2 = latest(e, "s2")
     assert s2.rq_job_id == f"step-{s2.id}"
+
+
+def test_a_successor_run_inline_gets_the_outputs_of_every_upstream_step(app, workers):
+    workers(1)
+    chain = wait_finished(run(make_pipeline([
+        {"name": "a", "parameters": {"command": 'echo "A=from-a" >> "$ANSFLOW_OUTPUT"'}},
+        {"name": "b", "depends_on": ["a"], "parameters": {"command": 'echo "B=from-b" >> "$ANSFLOW_OUTPUT"'}},
+        {"name": "c", "depends_on": ["b"], "parameters": {"command": 'echo "c sees $STEP_A_A and $STEP_B_B"'}},
+    ], name="outputs-chain")))
+    # a join: when y unlocks z, x's outputs are not among those y's worker knows
+    join = wait_finished(run(make_pipeline([
+        {"name": "x", "parameters": {"command": 'echo "X=from-x" >> "$ANSFLOW_OUTPUT"'}},
+        {"name": "y", "depends_on": [], "parameters": {"command": "true"}},
+        {"name": "z", "depends_on": ["x", "y"], "parameters": {"command": 'echo "z sees $STEP_X_X"'}},
+    ], name="outputs-join")))
+    assert chain.status == join.status == "success"
+    c, z = latest(chain, "c"), latest(join, "z")
+    assert c.queued_at == c.started_at and z.queued_at == z.started_at  # both claimed as successors
+    assert "c sees from-a and from-b" in c.logs
+    assert "z sees from-x" in z.logs
+
+
+def test_the_running_successor_shows_as_the_current_step(app, workers, tmp_path):
+    workers(1)
+    gate = tmp_path / "gate"
+    e = run(_chain("true", f"while [ ! -e {gate} ]; do sleep 0.05; done", name="current"))
+    s2 = wait_status(e, "s2", "running")
+    assert s2.queued_at == s2.started_at  # claimed by s1's worker, in the transaction that recorded s1
+    # that transaction left current_step alone; s2's first heartbeat brings it up to date
+    wait_for(lambda: refresh(e).current_step == "s2", timeout=15, message="current_step to name s2")
+    gate.touch()
+    e = wait_finished(e)
+    assert e.status == "success" and e.current_step is None

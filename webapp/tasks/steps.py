@@ -52,8 +52,10 @@ class _Heartbeat(threading.Thread):
         self.target: tuple | None = None  # (engine, attempt id)
         self.ticks = threading.Event()  # never set: its wait is an interruptible periodic timer
 
-    def watch(self, engine, attempt_id: int) -> None:
-        self.target = (engine, attempt_id)
+    def watch(self, engine, attempt_id: int, summary_of: int | None = None) -> None:
+        """Beat for this attempt; with `summary_of` (an execution pk), also refresh that
+        execution's current_step at the first beat (see services.executions.Claim)."""
+        self.target = (engine, attempt_id, summary_of)
 
     def release(self) -> None:
         self.target = None
@@ -64,15 +66,20 @@ class _Heartbeat(threading.Thread):
             target = self.target
             if target is not None:
                 _beat(*target)
+                if target[2] is not None and self.target is target:
+                    self.target = (*target[:2], None)
 
 
-def _beat(engine, attempt_id: int) -> None:
+def _beat(engine, attempt_id: int, summary_of: int | None = None) -> None:
     from ..models import StepExecutionHistory as SEH, utcnow
+    from ..services import step_sql
 
     try:
         with engine.begin() as conn:
             conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
                          .values(heartbeat_at=utcnow()))
+            if summary_of is not None:
+                conn.execute(step_sql.CURRENT_STEP, {"pk": summary_of})
     except Exception:  # a busy database skips one beat; the next one retries
         pass
 
@@ -112,10 +119,11 @@ def _run_step(attempt_id: int) -> str:
     return f"{ran.total()} steps: " + ", ".join(f"{n} {status}" for status, n in ran.most_common())
 
 
-def _run_claimed(claimed, outputs: dict):
+def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     """Run one claimed attempt (given the outputs of the steps upstream of it) and record it;
     returns (its status, the attempt this worker claimed to run next as (row, outputs), or
     None: see _next_work)."""
+    from ..engine import graph
     from ..extensions import db
     from ..models import StepExecutionHistory as SEH, utcnow
     from ..queues import stop_requested
@@ -157,12 +165,15 @@ def _run_claimed(claimed, outputs: dict):
     )
     db.session.commit()  # release any read transaction before a long step
     heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
-    heartbeat.watch(engine, attempt_id)
+    heartbeat.watch(engine, attempt_id, job.id if summary_stale else None)
     try:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
     finally:
         heartbeat.release()
     claim = _next_work(result.status == "success" and svc.may_unlock(fz, claimed.step_id))
+    if claim is not None and claim.attempt_id is None:  # a successor: its upstream is ours and this step
+        claim.known = (graph.upstream(fz.definition, claimed.step_id) | {claimed.step_id},
+                       {**outputs, **({step["name"]: result.outputs} if result.outputs else {})})
     recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id,
                                   claim=claim)
     if recorded:
@@ -175,7 +186,7 @@ def _run_claimed(claimed, outputs: dict):
     if claim is None or claim.row is None:
         return result.status, None
     _rearm_backstop(svc.job_timeout_of(claim.row))
-    return result.status, (claim.row, claim.outputs)
+    return result.status, (claim.row, claim.outputs, claim.summary_stale)
 
 
 def _next_work(may_unlock: bool):
