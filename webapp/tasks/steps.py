@@ -78,7 +78,11 @@ def _beat(engine, attempt_id: int, summary_of: int | None = None) -> None:
         with engine.begin() as conn:
             conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
                          .values(heartbeat_at=utcnow()))
-            if summary_of is not None:
+        if summary_of is not None:
+            # A transaction of its own: holding the attempt's row while waiting for the
+            # execution's row would deadlock with this worker's own record of the attempt,
+            # which takes them in the other order (execution, then attempt).
+            with engine.begin() as conn:
                 conn.execute(step_sql.CURRENT_STEP, {"pk": summary_of})
     except Exception:  # a busy database skips one beat; the next one retries
         pass
