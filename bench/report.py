@@ -17,21 +17,19 @@ TARGETS = [
 
 
 def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    # the orchestration targets hold on PostgreSQL too, for the figures its run measured
+    pg = (results.get("database") or {}).get("postgresql") or {}
+    return {**_checked(results, ""), **_checked(pg, "postgresql.")}
+
+
+def _checked(results: dict[str, Any], prefix: str) -> dict[str, Any]:
     out = {}
     for section, key, op, bound in TARGETS:
         value = (results.get(section) or {}).get(key)
         if value is None:
             continue
         met = {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
-        out[f"{section}.{key}"] = {"value": value, "target": f"{op} {bound:g}", "met": met}
-    # the same orchestration targets on PostgreSQL, for the figures its run measured
-    pg = (results.get("database") or {}).get("postgresql") or {}
-    for section, key, op, bound in TARGETS:
-        value = (pg.get(section) or {}).get(key)
-        if value is None:
-            continue
-        met = {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
-        out[f"postgresql.{section}.{key}"] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+        out[f"{prefix}{section}.{key}"] = {"value": value, "target": f"{op} {bound:g}", "met": met}
     return out
 
 

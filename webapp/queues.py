@@ -73,6 +73,10 @@ def step_job_id(attempt_id: int) -> str:
     return f"step-{attempt_id}"
 
 
+def attempt_of_step_job(job_id: str) -> int:
+    return int(job_id.removeprefix("step-"))
+
+
 def enqueue_steps(jobs: list[tuple[int, int]]) -> None:
     """Enqueue run_step for many attempts in one Redis pipeline: (attempt id, job timeout) pairs."""
     if not jobs:

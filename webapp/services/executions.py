@@ -114,9 +114,7 @@ def start(
     notifications.learn_heard(execution, frozen)
     fz = remember_frozen(execution.execution_id, frozen, definition)
     rows: dict[int, dict] = {}
-    step_by_id = {}
     for step in frozen["steps"]:
-        step_by_id[step["id"]] = step
         old = (kept or {}).get(step["id"])
         row = {
             "execution_id": execution.id, "step_id": step["id"], "step_name": step["name"],
@@ -141,7 +139,7 @@ def start(
     for d in first or ():
         row = rows[d.step_id]
         row.update(status="queued", queued_at=now, rq_job_id=step_job_id(d.attempt_id))
-        jobs.append((d.attempt_id, job_timeout(step_by_id[d.step_id])))
+        jobs.append((d.attempt_id, job_timeout(fz.steps[d.step_id])))
     # not the ORM's bulk insert: no object needs tracking, and at 500 rows the ORM's
     # bookkeeping cost as much as the statement
     insert_many(_SEH_TABLE, list(rows.values()))
@@ -834,7 +832,7 @@ def counts_by_status(execution_pk: int) -> dict[str, int]:
 
 
 def reconcile(heartbeat_seconds: int, lost_after: float | None = None, queued_grace: float = 10.0,
-              job_exists: Callable[[str], bool] | None = None, requeue: Callable[[int, str], None] | None = None) -> dict:
+              job_exists: Callable[[str], bool] | None = None, requeue: Callable[[int], None] | None = None) -> dict:
     """Find attempts whose worker died or whose job was lost, and executions that stalled.
 
     Running attempts without a heartbeat for `lost_after` seconds fail as "worker lost" (the
@@ -858,7 +856,7 @@ def reconcile(heartbeat_seconds: int, lost_after: float | None = None, queued_gr
             SEH.status == "queued", SEH.queued_at < now - timedelta(seconds=queued_grace))).all()
         for attempt_id, job_id in queued:
             if not job_id or not job_exists(job_id):
-                requeue(attempt_id, job_id or f"step-{attempt_id}")
+                requeue(attempt_id)
                 report["requeued"].append(attempt_id)
     open_ids = list(db.session.execute(select(WorkflowExecution.id).where(
         WorkflowExecution.status.in_(("pending", "running", "waiting_approval")))).scalars())

@@ -209,7 +209,7 @@ def _next_work(may_unlock: bool):
     shutting down, and when RQ's timeout backstop can be re-armed for the next step.
     """
     from .. import tasks
-    from ..queues import STEPS, get_queue, take_step_head
+    from ..queues import STEPS, attempt_of_step_job, get_queue, take_step_head
     from ..services import executions as svc
 
     worker = tasks._worker
@@ -226,7 +226,7 @@ def _next_work(may_unlock: bool):
     except Exception:  # noqa: BLE001 - when in doubt, enqueue as usual
         return None
     if verdict == "took":
-        return svc.Claim(_worker_name(), job_id, attempt_id=attempt_of_job(job_id))
+        return svc.Claim(_worker_name(), job_id, attempt_id=attempt_of_step_job(job_id))
     if verdict == "empty" and may_unlock:
         return svc.Claim(_worker_name(), _job_id())
     return None
@@ -257,10 +257,8 @@ _registered_until = [0.0]
 
 def _keep_registered(seconds: int) -> None:
     """RQ gave the worker and this job a time to live from the first step's timeout; renew it
-    (for at least the next step's timeout) when it would otherwise end, a round trip a minute
-    at most, so that a long run of steps in one job never looks like a dead worker to RQ."""
-    import time
-
+    (for at least the next step's timeout) when it would otherwise end, a round trip every five
+    minutes at most, so that a long run of steps in one job never looks like a dead worker to RQ."""
     from rq import get_current_job
     from rq.utils import now
 
@@ -291,11 +289,7 @@ def advance_execution(execution_pk: int) -> str:
         return f"{len(decisions)} decisions"
 
 
-def requeue_attempt(attempt_id: int, job_id: str | None = None) -> None:
+def requeue_attempt(attempt_id: int) -> None:
     from ..queues import STEPS, enqueue, step_job_id
 
     enqueue(STEPS, "webapp.tasks.steps.run_step", attempt_id, job_id=step_job_id(attempt_id))
-
-
-def attempt_of_job(job_id: str) -> int:
-    return int(job_id.removeprefix("step-"))
