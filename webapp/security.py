@@ -19,19 +19,48 @@ def init_app(app: Flask) -> None:
 
     @login_manager.request_loader
     def load_from_token(req) -> User | None:
-        header = req.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return None
-        token = header[len("Bearer "):].strip()
-        if not token:
-            return None
-        user = db.session.execute(
-            db.select(User).filter_by(api_token_hash=hash_token(token))
-        ).scalar_one_or_none()
-        if user is not None and user.active:
-            g.token_auth = True
-            return user
+        return token_user(req)
+
+
+def token_user(req) -> User | None:
+    """The active user whose API token is in `Authorization: Bearer`, or None."""
+    header = req.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
         return None
+    token = header[len("Bearer "):].strip()
+    if not token:
+        return None
+    user = db.session.execute(
+        db.select(User).filter_by(api_token_hash=hash_token(token))
+    ).scalar_one_or_none()
+    if user is not None and user.active:
+        g.token_auth = True
+        return user
+    return None
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def require_token_for_writes():
+    """Before every API request: a write is authenticated by its bearer token alone.
+
+    A browser sends its session cookie with any form another site makes it submit (SameSite=Lax
+    does not stop a same-site origin, e.g. another port of this host), and the API skips CSRF; so
+    on the API the session may read but never write. When a request carries both, the token is
+    who acts (Flask-Login would otherwise pick the session's user and never look at the header).
+    """
+    if request.method in SAFE_METHODS:
+        return None
+    user = token_user(request)
+    if user is None:
+        resp = jsonify({"error": "authentication required: API writes need 'Authorization: Bearer <token>' "
+                                 "(a browser session can only read the API)", "fields": {}})
+        resp.status_code = 401
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+    login_manager._update_request_context_with_user(user)  # this request only; nothing goes into the session
+    return None
 
 
 def has_role(user, role: str) -> bool:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from ..security import require_token_for_writes
 from ..services.accounts import ValidationError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(require_token_for_writes)
 
 
 @bp.errorhandler(ValidationError)
