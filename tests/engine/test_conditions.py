@@ -137,21 +137,31 @@ def test_rule_explanations_name_the_rule_and_the_deciding_dependency():
     assert "no dependency succeeded" in v.explanation and "a failed" in v.explanation
 
 
-def test_expression_rule_alone_decides_even_when_dependencies_failed():
+def test_legacy_expression_type_adds_to_on_success_never_replaces_it():
+    # the issue's scenario: unit tests failed, the canary group skipped, the expression true
     cond = {"type": "expression", "expression": '$variables.deploy_env === "prod"'}
-    v = evaluate_rule(cond, {"build": "failed"}, CTX)
+    v = evaluate_rule(cond, {"unit tests": "failed", "canary": "skipped"}, CTX)
+    assert v.result is False and v.upstream_failed is True
+    assert v.explanation == ("skipped: dependency unit tests failed (rule on_success needs every"
+                             " dependency to succeed or be skipped); the expression was not evaluated")
+    v = evaluate_rule(cond, {"unit tests": "success"}, CTX)
     assert v.result is True
-    assert v.explanation == "runs: expression is true: variables.deploy_env was 'prod'"
+    assert v.explanation == ("runs: rule on_success, every dependency succeeded or was skipped (unit tests"
+                             " succeeded), and the expression is true: variables.deploy_env was 'prod'")
     cond = {"type": "expression", "expression": 'variables.env == "production"'}
     v = evaluate_rule(cond, {"build": "success"}, CTX)
-    assert v.result is False
-    assert v.explanation == "skipped: expression is false: variables.env was 'staging', expected 'production'"
+    assert v.result is False and v.upstream_failed is False
+    assert v.explanation == ("skipped: expression is false: variables.env was 'staging', expected"
+                             " 'production' (the rule held: rule on_success, every dependency succeeded"
+                             " or was skipped (build succeeded))")
 
 
 def test_rule_errors_are_verdicts():
     assert_error(evaluate_rule({"type": "sometimes"}, {}, CTX), "unknown condition type 'sometimes'")
-    assert_error(evaluate_rule({"type": "expression"}, {}, CTX), "must be a string")
-    assert_error(evaluate_rule({"type": "expression", "expression": "  "}, {}, CTX), "empty")
+    # a legacy type without an expression reads as plain on_success (validation refuses it on save)
+    assert evaluate_rule({"type": "expression"}, {"a": "failed"}, CTX).result is False
+    assert evaluate_rule({"type": "expression", "expression": "  "}, {"a": "success"}, CTX).result is True
+    assert_error(evaluate_rule({"type": "on_success", "expression": 5}, {}, CTX), "must be a string")
     assert_error(evaluate_rule({"type": "on_success"}, {"a": "exploded"}, CTX), "unknown outcome 'exploded'")
     assert_error(evaluate_rule("on_success", {}, CTX), "conditions must be an object")
     # timed_out is accepted as failed (the planner normally maps it already)
@@ -163,7 +173,7 @@ OUTCOMES = st.sampled_from(["success", "failed", "skipped", "cancelled", "upstre
 
 @FAST
 @given(st.dictionaries(st.text(alphabet="abcdefgh", min_size=1, max_size=6), OUTCOMES, max_size=6),
-       st.sampled_from([r for r in RULES if r != "expression"]))
+       st.sampled_from(RULES))
 def test_rules_match_their_definition(deps, rule):
     v = evaluate_rule({"type": rule}, deps, CTX)
     outs = list(deps.values())
@@ -187,7 +197,12 @@ def test_rules_match_their_definition(deps, rule):
     ({"type": "on_success", "depends_on": [1, 2]}, {}),
     ({"type": "expression", "expression": '$variables.env === "prod"'}, {}),
     ({"type": "nope"}, {"type": "unknown condition type 'nope': use one of on_success, on_failure,"
-                                " always, one_success, none_failed, expression"}),
+                                " always, one_success, none_failed"}),
+    ({"type": "on_failure", "expression": "variables.x == 'y'"}, {}),
+    ({"type": "on_success", "expression": "always() && variables.force == 'yes'"}, {}),
+    ({"expression": "always(1)"}, {"expression": "always() takes no arguments (at position 0)"}),
+    ({"expression": "variables.success()"}, {"expression": "Unknown function 'success' at position 10"}),
+    ({"type": "always", "expression": "nope(1)"}, {"expression": "Unknown function 'nope' at position 0"}),
     ({"type": "expression"}, {"expression": "an expression is required when type is 'expression'"}),
     ({"type": "expression", "expression": "variables.env = 'x'"},
      {"expression": "Syntax error at position 14: unexpected '='"}),

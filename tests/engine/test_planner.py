@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from webapp.engine import graph, planner as P
+from webapp.engine.conditions import normalize_conditions, runs_on_cancel, uses_status_functions
 from webapp.engine.planner import (
     AwaitApproval, Cancel, Enqueue, FinishExecution, FinishGroup, ResumePlan, ScheduleRetry, Skip,
     WakeAt, actionable, group_outcomes, plan, plan_resume, plan_retry_step, step_outcomes,
@@ -412,10 +413,15 @@ def test_wait_all_success_and_failure():
 
 def test_group_outcome_is_seen_under_the_group_name():
     steps = [S(1), S(10, [1], parallel_group="g"), S(11, [1], parallel_group="g"),
-             S(20, [10, 1], conditions={"type": "expression", "expression": "true"})]
+             S(20, [10, 1], conditions={"expression": 'always() && steps.s10.status == "success"'})]
     d = D(*steps, groups=[GroupDef("g", "grp", "wait_all")])
     ds = plan(mk(d, {1: "success", 10: "success", 11: "failed"}), T)
     assert Enqueue(20, aid(20)) in ds
+    # without always() the expression adds to on_success: the failed group skips it
+    d1 = D(*steps[:3], S(20, [10, 1], conditions={"type": "expression", "expression": "true"}),
+           groups=[GroupDef("g", "grp", "wait_all")])
+    skip = plan(mk(d1, {1: "success", 10: "success", 11: "failed"}), T)[0]
+    assert isinstance(skip, Skip) and skip.upstream_failed and "grp failed" in skip.reason
     # the on_success default names the group in its explanation
     d2 = D(*steps[:3], S(20, [10, 1]), groups=[GroupDef("g", "grp", "wait_all")])
     skip = plan(mk(d2, {1: "success", 10: "success", 11: "failed"}), T)[0]
@@ -535,6 +541,21 @@ def test_approval_gate():
         Enqueue(2, aid(2)), Enqueue(3, aid(3))]
 
 
+def test_no_approval_opens_for_a_gate_whose_upstream_failed():
+    # issue 12: deploy (an expression true, 2-of-3 gate) after unit tests failed and canary was skipped
+    deploy = {"type": "expression", "expression": '$variables.env === "production"'}
+    d = D(S(1, name="unit tests"), S(2, [], name="canary", conditions={"type": "on_failure"}),
+          S(3, [1, 2], name="deploy", approval_required=True, conditions=deploy))
+    ds = plan(mk(d, {1: "failed", 2: "skipped"}, variables={"env": "production"}), T)
+    assert not [x for x in ds if isinstance(x, (AwaitApproval, Enqueue))]
+    skip = next(x for x in ds if isinstance(x, Skip) and x.step_id == 3)
+    assert skip.upstream_failed and "unit tests failed" in skip.reason
+    # with a status function the gate opts out of on_success and still asks
+    d2 = D(S(1, name="unit tests"), S(3, [1], name="deploy", approval_required=True,
+                                      conditions={"expression": "always() && variables.env == 'production'"}))
+    assert brief(plan(mk(d2, {1: "failed"}, variables={"env": "production"}), T)) == [("AwaitApproval", 3)]
+
+
 def test_rejected_approval_fails_and_never_retries():
     d = D(S(1, approval_required=True, retry_policy=_policy()), S(2, [1]))
     rejected = {"status": "failed", "failure": "rejected", "exit_code": None}
@@ -556,6 +577,15 @@ def test_cancel_stops_everything_but_always_steps():
     after = mk(d, {1: "cancelled", 2: "cancelled", 3: "cancelled", 4: "success", 5: "cancelled"},
                cancel_requested=True)
     assert plan(after, T) == [FinishExecution("cancelled", "cancelled on request")]
+
+
+def test_cancel_runs_steps_that_opt_in_with_always_or_cancelled():
+    d = D(S(1), S(2, [1], conditions={"expression": "cancelled()"}),
+          S(3, [1], conditions={"expression": "always() && variables.force == 'yes'"}),
+          S(4, [1], conditions={"expression": "failure()"}), S(5, [1], conditions={"expression": "!cancelled()"}))
+    ds = plan(mk(d, {1: "running"}, cancel_requested=True, variables={"force": "yes"}), T)
+    assert brief(ds) == [("Cancel", 1, "cancelled"), ("Enqueue", 2), ("Enqueue", 3),
+                         ("Cancel", 4, "cancelled"), ("Skip", 5, False)]
 
 
 def test_running_always_step_keeps_running_during_cancel():
@@ -705,9 +735,14 @@ def pipelines(draw, max_steps=150):
             elif r < 0.87:
                 cond = {"type": "none_failed"}
             elif r < 0.95:
-                cond = {"type": "expression", "expression": rng.choice([
+                expression = rng.choice([
                     'variables.env == "prod"', 'variables.env != "prod"', "true",
-                    'previous.status == "success"', "variables.missing == 1"])}
+                    'previous.status == "success"', "variables.missing == 1",
+                    'always() && variables.env == "prod"', "failure()", "!cancelled() && success()"])
+                cond = rng.choice([{"type": "expression", "expression": expression},
+                                   {"expression": expression},
+                                   {"type": rng.choice(["on_failure", "always", "one_success", "none_failed"]),
+                                    "expression": expression}])
             else:
                 cond = {"type": "on_success", "depends_on": [100 + rng.choice(earlier)]} if earlier else None
             pol = None
@@ -722,7 +757,7 @@ def pipelines(draw, max_steps=150):
             steps.append(StepDef(
                 id=100 + idx, name=f"s{idx}", order=idx, dependencies=deps, parallel_group=gid,
                 conditions=cond, retry_policy=pol, continue_on_failure=rng.random() < 0.08,
-                approval_required=rng.random() < 0.04))
+                approval_required=rng.random() < 0.1))
     defn = PipelineDef(tuple(steps), tuple(groups))
     assert graph.validate(defn) == [], graph.validate(defn)
     return defn
@@ -764,8 +799,48 @@ def _expected_status(sim: Simulator, defn: PipelineDef) -> str:
     return "success"
 
 
+def _failed_at(sim: Simulator, defn: PipelineDef, sid: int, seq: int) -> list[str]:
+    """The dependencies (steps, or groups for members of another group) that its rule sees
+    and that had failed (or were upstream_failed) when step ``sid`` was decided at event ``seq``."""
+    by_id = {s.id: s for s in defn.steps}
+    own = by_id[sid].parallel_group
+    cond = normalize_conditions(by_id[sid].conditions or {})
+    only = set(cond.get("depends_on") or ()) or None
+    out = []
+    for d in graph.effective_dependencies(defn).get(sid, ()):
+        if only is not None and d not in only:
+            continue
+        g = by_id[d].parallel_group
+        if g is not None and g != own:
+            decided = [e for e in sim.log if e.kind == "finish_group" and e.info[0] == g and e.seq <= seq]
+            if decided and decided[0].info[1] in ("failed", "timed_out"):
+                out.append(f"group {g}")
+            continue
+        status = sim.status_at(d, seq)
+        if status in ("failed", "timed_out") and not by_id[d].continue_on_failure:
+            out.append(by_id[d].name)
+        elif status == "skipped" and sim.final(d).upstream_failed:
+            out.append(by_id[d].name)
+    return out
+
+
+def _check_no_on_success_step_runs_after_a_failure(sim: Simulator, defn: PipelineDef) -> None:
+    """Issue 12's invariant: a step whose rule is on_success (default, with or without an
+    expression that does not opt out with a status function) never runs, and never opens an
+    approval, when a dependency it waits for failed."""
+    by_id = {s.id: s for s in defn.steps}
+    for e in sim.log:
+        if not (e.kind == "await_approval" or (e.kind == "enqueue" and e.info == "pending")):
+            continue
+        cond = normalize_conditions(by_id[e.step_id].conditions or {})
+        if (cond.get("type") or "on_success") != "on_success" or uses_status_functions(cond.get("expression")):
+            continue
+        assert not _failed_at(sim, defn, e.step_id, e.seq), (e, _failed_at(sim, defn, e.step_id, e.seq))
+
+
 def _check_run(sim: Simulator, defn: PipelineDef) -> None:
     assert sim.status in ("success", "failed", "cancelled")
+    _check_no_on_success_step_runs_after_a_failure(sim, defn)
     # no attempt enqueued twice
     assert len(sim.enqueued) == len(set(sim.enqueued))
     # the final status agrees with DESIGN §3
@@ -817,7 +892,7 @@ def _check_run(sim: Simulator, defn: PipelineDef) -> None:
         t = next(e.seq for e in sim.log if e.kind == "cancel_requested")
         for e in sim.log:
             if e.kind == "enqueue" and e.seq > t:
-                assert (by_id[e.step_id].conditions or {}).get("type") == "always", e
+                assert runs_on_cancel(by_id[e.step_id].conditions), e
     # every group got decided exactly once, and before the execution finished
     assert set(sim.groups) == set(group_members)
 
@@ -874,7 +949,7 @@ def test_expression_context_carries_only_the_named_steps_unless_the_map_is_used_
 
 def test_expression_sees_statuses_decided_earlier_in_the_same_call():
     d = D(S(1), S(2, [1], name="b"), S(3, [2], conditions={
-        "type": "expression", "expression": 'steps.b.status == "skipped"'}))
+        "type": "always", "expression": 'steps.b.status == "skipped"'}))
     ds = plan(mk(d, {1: "failed"}), T)
     assert brief(ds) == [("Skip", 2, True), ("Enqueue", 3)]
 

@@ -3,6 +3,9 @@
 The planner decides *when* a step's condition is looked at (every dependency terminal);
 this module decides *whether* the step runs, and says why (DESIGN §3 "Conditions").
 
+A condition is a trigger rule AND an optional expression (DESIGN §3 "Conditions"):
+``{"type": rule, "expression": str | None, "depends_on": [step ids] | None}``.
+
 Trigger rules (anchored on Airflow's trigger rules; ``dep_outcomes`` maps dependency
 step name -> "success" | "failed" | "skipped" | "cancelled" | "upstream_failed"):
 
@@ -14,8 +17,28 @@ on_failure      some dependency failed or is upstream_failed        skipped (non
 always          always                                              runs
 one_success     at least one dependency succeeded                   skipped (none did)
 none_failed     no dependency failed / upstream_failed              runs (vacuous)
-expression      the expression alone decides (like Argo ``when``)   expression decides
 ==============  ==================================================  ===================
+
+An expression never replaces the rule (as GitHub's ``if:`` implies ``success()``, GitLab's
+``rules`` keep ``when: on_success`` and Argo evaluates ``when`` only once ``depends``
+holds): the step runs when the rule holds *and* the expression is true; when the rule
+does not hold the expression is not evaluated. The one way out is GitHub's: an
+expression that calls a status function (``always()``, ``success()``, ``failure()``,
+``cancelled()``) under the default rule ``on_success`` decides alone, so
+``always() && variables.force == "yes"`` runs after a failure. Under any other rule the
+status functions are ordinary predicates ANDed with the rule. ``success()`` is the
+on_success rule over the dependencies (and false once the execution is cancelled),
+``failure()`` the on_failure rule, ``cancelled()`` whether cancel was requested,
+``always()`` true.
+
+The legacy AnsFlow shape ``{"type": "expression", "expression": ...}`` is read as
+``on_success`` plus the expression (:func:`normalize_conditions`, applied on read and
+on save), so stored definitions and running snapshots keep loading.
+
+A skip is ``upstream_failed`` (it propagates the failure downstream, Airflow's state)
+when a dependency failed or was upstream_failed and the skip came from a rule that
+needs success (on_success, one_success, none_failed) or from an expression that opted
+out of on_success: so no on_success step downstream of a failure ever runs.
 
 Expressions
 -----------
@@ -77,6 +100,10 @@ from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
 __all__ = [
     "Verdict",
     "RULES",
+    "STATUS_FUNCTIONS",
+    "normalize_conditions",
+    "uses_status_functions",
+    "runs_on_cancel",
     "OUTCOMES",
     "CONTEXT_NAMES",
     "MAX_EXPRESSION_LENGTH",
@@ -87,7 +114,10 @@ __all__ = [
     "translate",
 ]
 
-RULES = ("on_success", "on_failure", "always", "one_success", "none_failed", "expression")
+RULES = ("on_success", "on_failure", "always", "one_success", "none_failed")
+# AnsFlow's condition types that are not rules of their own: read as (rule, the expression)
+LEGACY_TYPES = {"expression": "on_success"}
+STATUS_FUNCTIONS = ("always", "success", "failure", "cancelled")
 OUTCOMES = ("success", "failed", "skipped", "cancelled", "upstream_failed")
 CONTEXT_NAMES = ("variables", "trigger", "steps", "previous", "execution")
 
@@ -117,6 +147,7 @@ class Verdict:
     error: str | None
     explanation: str
     position: int | None = None  # 0-based offset into the expression text, for errors
+    upstream_failed: bool = False  # a skip that propagates a dependency's failure (see module doc)
 
     def to_dict(self) -> dict:
         return {"result": self.result, "error": self.error, "explanation": self.explanation}
@@ -248,6 +279,7 @@ _TYPE_NAMES = {"int", "uint", "double", "string", "bool", "bytes", "list", "map"
                "null_type", "type", "timestamp", "duration"}
 _KNOWN_FUNCTIONS = ({k for k in base_functions if not k.startswith(("_", "!", "-"))}
                     | _MACROS | _GLOBAL_MACROS)
+_GLOBAL_FUNCTIONS = _KNOWN_FUNCTIONS | set(STATUS_FUNCTIONS)   # status functions: f() only, never x.f()
 
 
 @dataclass(frozen=True)
@@ -361,8 +393,10 @@ def _check_names(ast: lark.Tree) -> _Problem | None:
             continue
         if node.data == "ident_arg":
             tok = node.children[0]
-            if str(tok) not in _KNOWN_FUNCTIONS:
+            if str(tok) not in _GLOBAL_FUNCTIONS:
                 found.append((tok.start_pos or 0, f"Unknown function '{tok}' at position {{pos}}"))
+            elif str(tok) in STATUS_FUNCTIONS and len(node.children) > 1:
+                found.append((tok.start_pos or 0, f"{tok}() takes no arguments (at position {{pos}})"))
         if node.data == "member_dot_arg":
             target, tok = node.children[0], node.children[1]
             args = node.children[2] if len(node.children) > 2 else None
@@ -618,9 +652,24 @@ def _activation_values(context: Any) -> dict[str, Any]:
     return values
 
 
-def _run(tree: lark.Tree, values: dict[str, Any], budget: _Budget | None = None) -> Any:
+_DEFAULT_STATUS = {"always": True, "success": True, "failure": False, "cancelled": False}
+
+
+def _status_functions(status: Mapping[str, bool] | None) -> dict[str, Any]:
+    """``_FUNCTIONS`` plus the four zero-argument status functions answering from ``status``."""
+    got = dict(_DEFAULT_STATUS)
+    if status:
+        got.update({k: bool(v) for k, v in status.items() if k in got})
+    out = dict(_FUNCTIONS)
+    for name, value in got.items():
+        out[name] = (lambda v: lambda: celtypes.BoolType(v))(value)
+    return out
+
+
+def _run(tree: lark.Tree, values: dict[str, Any], budget: _Budget | None = None,
+         functions: dict[str, Any] | None = None) -> Any:
     """Evaluate ``tree`` (the whole AST or a sub-tree); raises CELEvalError/_BudgetExceeded."""
-    activation = Activation(annotations=None, functions=_FUNCTIONS, package=None)
+    activation = Activation(annotations=None, functions=functions or _status_functions(None), package=None)
     return _BudgetEvaluator(tree, activation, budget or _Budget()).evaluate(values)
 
 
@@ -749,14 +798,15 @@ def _has_ident(tree: lark.Tree) -> bool:
 
 
 class _Explainer:
-    def __init__(self, program: _Program, values: dict[str, Any]) -> None:
+    def __init__(self, program: _Program, values: dict[str, Any], functions: dict[str, Any]) -> None:
         self.p = program
         self.values = values
+        self.functions = functions
         self.budget = _Budget()   # one budget for all the sub-evaluations of an explanation
 
     def value(self, tree: lark.Tree) -> tuple[bool, Any]:
         try:
-            return True, _run(tree, self.values, self.budget)
+            return True, _run(tree, self.values, self.budget, self.functions)
         except CELEvalError as err:
             return False, _eval_error_message(self.p, err)[0]
 
@@ -835,8 +885,9 @@ class _Explainer:
 
 # --------------------------------------------------------------------------- public API
 
-def evaluate_expression(expression: str, context: dict) -> Verdict:
-    """Evaluate a CEL (or AnsFlow-style) boolean expression. Never raises."""
+def evaluate_expression(expression: str, context: dict, status: Mapping[str, bool] | None = None) -> Verdict:
+    """Evaluate a CEL (or AnsFlow-style) boolean expression. Never raises. ``status`` answers the
+    status functions (name -> bool); unset ones answer as for a run where everything succeeded."""
     problem = check_expression(expression)
     if problem is not None:
         return _error(problem.message, problem.position)
@@ -848,8 +899,9 @@ def evaluate_expression(expression: str, context: dict) -> Verdict:
         return _error(f"Invalid context: {ex}")
     except Exception as ex:
         return _error(f"Invalid context: {_short(str(ex), 200)}")
+    functions = _status_functions(status)
     try:
-        result = _run(program.ast, values)
+        result = _run(program.ast, values, None, functions)
     except CELEvalError as err:
         message, pos = _eval_error_message(program, err)
         return _error(message, pos)
@@ -866,10 +918,63 @@ def evaluate_expression(expression: str, context: dict) -> Verdict:
                       f" {_fmt(result)}")
     result = bool(result)
     try:
-        detail = _Explainer(program, values).explain(program.ast, result)
+        detail = _Explainer(program, values, functions).explain(program.ast, result)
     except Exception:  # budget, recursion...: the verdict stands, the detail is shorter
         detail = f"{_short(program.text, 200)} was {'true' if result else 'false'}"
     return Verdict(result, None, _short(f"{'true' if result else 'false'}: {detail}", 600))
+
+
+def normalize_conditions(conditions: Any) -> Any:
+    """The stored shape of a condition: the legacy ``type: "expression"`` becomes
+    ``on_success`` + the expression, a missing type stays missing (on_success), a blank
+    expression is dropped. Anything that is not a dict is returned as it is (validation
+    refuses it). Idempotent; never mutates its argument."""
+    if not isinstance(conditions, Mapping):
+        return conditions
+    out = dict(conditions)
+    rule = out.get("type")
+    if isinstance(rule, str) and rule in LEGACY_TYPES:
+        out["type"] = LEGACY_TYPES[rule]
+    expression = out.get("expression")
+    if expression is None or (isinstance(expression, str) and not expression.strip()):
+        out.pop("expression", None)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _status_calls(expression: str) -> frozenset[str]:
+    prepared = _prepare(expression)
+    if isinstance(prepared, _Problem):
+        return frozenset()
+    return frozenset(str(node.children[0]) for node in prepared.ast.iter_subtrees()
+                     if node.data == "ident_arg" and str(node.children[0]) in STATUS_FUNCTIONS)
+
+
+def uses_status_functions(expression: Any) -> frozenset[str]:
+    """The status functions an expression calls (empty for none, or for one that does not compile)."""
+    if not isinstance(expression, str) or _precheck(expression) is not None:
+        return frozenset()
+    try:
+        return _status_calls(expression)
+    except Exception:
+        return frozenset()
+
+
+def _rule_and_expression(conditions: Mapping) -> tuple[Any, str | None]:
+    c = normalize_conditions(conditions)
+    return c.get("type") or "on_success", c.get("expression")
+
+
+def runs_on_cancel(conditions: Any) -> bool:
+    """Whether a step may still run once its execution is cancelled: rule ``always``, or an
+    expression that opted out of on_success with ``always()`` or ``cancelled()`` (the verdict,
+    with ``cancelled()`` true, then decides)."""
+    if not isinstance(conditions, Mapping):
+        return False
+    rule, expression = _rule_and_expression(conditions)
+    if rule == "always":
+        return True
+    return rule == "on_success" and bool(uses_status_functions(expression) & {"always", "cancelled"})
 
 
 def validate_conditions(conditions: dict | None) -> dict[str, str]:
@@ -879,22 +984,19 @@ def validate_conditions(conditions: dict | None) -> dict[str, str]:
     if not isinstance(conditions, Mapping):
         return {"conditions": "conditions must be an object with type, expression and depends_on"}
     errors: dict[str, str] = {}
-    rule = conditions.get("type") or "on_success"
-    if not isinstance(rule, str) or rule not in RULES:
-        errors["type"] = f"unknown condition type {rule!r}: use one of {', '.join(RULES)}"
+    raw_rule = conditions.get("type") or "on_success"
+    if not isinstance(raw_rule, str) or (raw_rule not in RULES and raw_rule not in LEGACY_TYPES):
+        errors["type"] = f"unknown condition type {raw_rule!r}: use one of {', '.join(RULES)}"
     expression = conditions.get("expression")
-    if rule == "expression":
-        if expression is None or (isinstance(expression, str) and not expression.strip()):
-            errors["expression"] = "an expression is required when type is 'expression'"
-        else:
-            problem = check_expression(expression)
-            if problem is not None:
-                errors["expression"] = problem.message
+    if raw_rule in LEGACY_TYPES and (expression is None
+                                     or (isinstance(expression, str) and not expression.strip())):
+        errors["expression"] = "an expression is required when type is 'expression'"
     elif expression is not None and not isinstance(expression, str):
         errors["expression"] = "expression must be a string"
-    elif isinstance(expression, str) and len(expression) > MAX_EXPRESSION_LENGTH:
-        errors["expression"] = (f"Expression is too long: {len(expression)} characters"
-                                f" (limit {MAX_EXPRESSION_LENGTH})")
+    elif isinstance(expression, str) and expression.strip():
+        problem = check_expression(expression)
+        if problem is not None:
+            errors["expression"] = problem.message
     depends_on = conditions.get("depends_on")
     if depends_on is not None:
         if not isinstance(depends_on, (list, tuple)) or not all(
@@ -916,30 +1018,17 @@ def _describe_deps(deps: dict[str, str], names: list[str]) -> str:
     return "; ".join(f"{_list(ns)} {_OUTCOME_WORDS[o]}" for o, ns in by_outcome.items())
 
 
-def evaluate_rule(conditions: dict | None, dep_outcomes: dict[str, str], context: dict) -> Verdict:
-    """Whether a step whose dependencies are all terminal runs. Never raises."""
+def evaluate_rule(conditions: dict | None, dep_outcomes: dict[str, str], context: dict,
+                  cancelled: bool = False) -> Verdict:
+    """Whether a step whose dependencies are all terminal runs: the rule AND the expression
+    (see the module doc). ``cancelled``: cancel of the execution was requested. Never raises."""
     try:
-        return _evaluate_rule(conditions, dep_outcomes, context)
+        return _evaluate(conditions, dep_outcomes, context, cancelled)
     except Exception as ex:  # defensive: the planner must always get a Verdict
         return _error(f"Condition could not be evaluated: {_short(str(ex), 200)}")
 
 
-def _evaluate_rule(conditions: Any, dep_outcomes: Any, context: Any) -> Verdict:
-    if conditions is not None and not isinstance(conditions, Mapping):
-        return _error("conditions must be an object with type, expression and depends_on")
-    conditions = conditions or {}
-    rule = conditions.get("type") or "on_success"
-    if rule not in RULES:
-        return _error(f"unknown condition type {rule!r}: use one of {', '.join(RULES)}")
-    if rule == "expression":
-        v = evaluate_expression(conditions.get("expression"), context)
-        if v.error is not None:
-            return v
-        return Verdict(v.result, None, ("runs: expression is " if v.result else "skipped: expression is ")
-                       + v.explanation)
-    if rule == "always":
-        return Verdict(True, None, "runs: rule always")
-
+def _outcomes(dep_outcomes: Any) -> dict[str, str] | Verdict:
     deps: dict[str, str] = {}
     for name, outcome in dict(dep_outcomes or {}).items():
         outcome = "failed" if outcome == "timed_out" else outcome
@@ -947,6 +1036,59 @@ def _evaluate_rule(conditions: Any, dep_outcomes: Any, context: Any) -> Verdict:
             return _error(f"unknown outcome {outcome!r} of dependency {name}:"
                           f" expected one of {', '.join(OUTCOMES)}")
         deps[str(name)] = outcome
+    return deps
+
+
+_NEEDS_SUCCESS = frozenset({"on_success", "one_success", "none_failed"})
+
+
+def _evaluate(conditions: Any, dep_outcomes: Any, context: Any, cancelled: bool) -> Verdict:
+    if conditions is not None and not isinstance(conditions, Mapping):
+        return _error("conditions must be an object with type, expression and depends_on")
+    rule, expression = _rule_and_expression(conditions or {})
+    if rule not in RULES:
+        return _error(f"unknown condition type {rule!r}: use one of {', '.join(RULES)}")
+    deps = _outcomes(dep_outcomes)
+    if isinstance(deps, Verdict):
+        return deps
+    any_failed = any(o in _FAILED for o in deps.values())
+    if expression is None:
+        v = _rule_verdict(rule, deps)
+        return _with_uf(v, not v.result and rule in _NEEDS_SUCCESS and any_failed)
+
+    success = _rule_verdict("on_success", deps).result and not cancelled
+    status = {"always": True, "success": bool(success), "failure": any_failed, "cancelled": cancelled}
+    if rule == "on_success" and uses_status_functions(expression):
+        v = evaluate_expression(expression, context, status)
+        if v.error is not None:
+            return v
+        word = "runs" if v.result else "skipped"
+        calls = ", ".join(f"{f}()" for f in sorted(uses_status_functions(expression)))
+        return _with_uf(Verdict(v.result, None, f"{word}: expression (with {calls} in place of rule"
+                                f" on_success) is {v.explanation}"), not v.result and any_failed)
+
+    rv = _rule_verdict(rule, deps)
+    if not rv.result:
+        return _with_uf(Verdict(False, None, rv.explanation + "; the expression was not evaluated"),
+                        rule in _NEEDS_SUCCESS and any_failed)
+    v = evaluate_expression(expression, context, status)
+    if v.error is not None:
+        return v
+    held = rv.explanation.removeprefix("runs: ")
+    if v.result:
+        return Verdict(True, None, f"runs: {held}, and the expression is {v.explanation}")
+    return Verdict(False, None, f"skipped: expression is {v.explanation} (the rule held: {held})")
+
+
+def _with_uf(v: Verdict, upstream_failed: bool) -> Verdict:
+    if not upstream_failed or v.result:
+        return v
+    return Verdict(v.result, v.error, v.explanation, v.position, True)
+
+
+def _rule_verdict(rule: str, deps: dict[str, str]) -> Verdict:
+    if rule == "always":
+        return Verdict(True, None, "runs: rule always")
     names = list(deps)
     failed = [n for n in names if deps[n] in _FAILED]
     ok = [n for n in names if deps[n] in ("success", "skipped")]

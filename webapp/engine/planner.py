@@ -22,9 +22,11 @@ choices this module makes where the contract leaves room are:
   ``"condition error: ..."`` and ``upstream_failed=False``, and fail the execution: the
   planner recognises such a skip later by its stored ``skip_reason`` prefix, so the service
   must store Skip.reason in ``Attempt.skip_reason``.
-* **upstream_failed** is set on a false verdict of ``on_success`` (the default),
-  ``none_failed`` or ``one_success`` when a considered dependency failed or was itself
-  upstream_failed (Airflow's trigger-rule semantics), so failures propagate down.
+* **upstream_failed** is what the verdict says (conditions.py): a skip by ``on_success``
+  (the default, with or without an expression), ``none_failed`` or ``one_success``, or by an
+  expression that opted out of on_success, when a considered dependency failed or was itself
+  upstream_failed (Airflow's trigger-rule semantics), so failures propagate down. A gated
+  step is decided the same way *before* it waits: a skipped step never opens an approval.
 * **Groups.** A member's outcome is its step outcome (continue_on_failure failure ->
   success, upstream_failed counts as a failure). wait_all/fail_fast: failed if a member
   failed, else cancelled if one was cancelled, else success. wait_any: the first *real*
@@ -52,10 +54,13 @@ choices this module makes where the contract leaves room are:
   waiting_approval until ``snapshot.approvals[step] == "approved"``; its retries do not ask
   again. Rejections and approval timeouts are applied by the approvals service (the attempt
   fails with failure "rejected"/"approval_timeout", which never retries).
-* **Cancel**: every non-terminal step whose rule is not ``always`` gets Cancel (queued and
-  running ones too: the service kills them), no retries are scheduled, ``always`` steps still
-  run when their dependencies are terminal, and the execution ends ``cancelled``.
-* **Condition context**: only expressions read it; an expression gets the ``steps`` entries
+* **Cancel**: every non-terminal step that cannot run on cancel (conditions.runs_on_cancel:
+  rule ``always``, or an expression with ``always()``/``cancelled()`` in place of on_success)
+  gets Cancel (queued and running ones too: the service kills them), no retries are
+  scheduled, the others are decided when their dependencies are terminal (``cancelled()``
+  is then true), and the execution ends ``cancelled``.
+* **Condition context**: only expressions read it (with the status functions answered from
+  the same dependency outcomes the rule sees); an expression gets the ``steps`` entries
   it names (``steps.NAME``, ``steps["NAME"]``), or the whole map when it uses ``steps`` any
   other way, because the evaluator converts the whole context on every call. ``previous``
   is the dependency with the highest (order, id). ``depends_on`` ids that are not
@@ -78,7 +83,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Union
 
 from . import graph as _graph
-from .conditions import evaluate_rule
+from .conditions import evaluate_rule, normalize_conditions, runs_on_cancel
 from .retry import Failure, PolicyError, RetryPolicy
 from .defcache import DefinitionCache
 from .types import Attempt, ExecutionSnapshot, GroupDef, PipelineDef, StepDef
@@ -180,7 +185,6 @@ _ACTIVE = frozenset({_QUEUED, _RUNNING, _WAITING, _RETRY})
 _FAILURES = frozenset({_FAILED, _TIMED_OUT})
 _EXEC_TERMINAL = frozenset({"success", "failed", "cancelled"})
 _NO_RETRY_KINDS = frozenset({"rejected", "approval_timeout", "cancelled"})
-_PROPAGATING_RULES = frozenset({"on_success", "none_failed", "one_success"})
 COND_ERROR_PREFIX = "condition error: "
 _CANCEL_REASON = "execution cancelled"
 
@@ -243,14 +247,14 @@ class _Compiled:
         always: set[int] = set()
         approval: set[int] = set()
         preds: dict[int, tuple[int, ...]] = {}  # barrier predecessors (for descendants)
-        # expression steps -> the step ids their expression names (None: it uses the whole map)
+        # steps with an expression -> the step ids it names (None: it uses the whole map)
         expr_refs: dict[int, tuple[int, ...] | None] = {}
         self.by_label = {lbl: sid for sid, lbl in self.label.items()}
         for sid in order:
             s = by_id[sid]
             own = group_of.get(sid)
             deps = [d for d in eff.get(sid, ()) if d != sid and d in by_id]
-            conds = s.conditions or {}
+            conds = normalize_conditions(s.conditions or {})
             dep_on = conds.get("depends_on") if isinstance(conds, dict) else None
             restrict: set[int] | None = None
             if dep_on:
@@ -292,11 +296,11 @@ class _Compiled:
             previous[sid] = max(deps, key=lambda d: (by_id[d].order, d)) if deps else None
             r = (conds.get("type") if isinstance(conds, dict) else None) or "on_success"
             rule[sid] = r
-            if r == "always":
+            if runs_on_cancel(conds):
                 always.add(sid)
             if s.approval_required or s.step_type == "approval":
                 approval.add(sid)
-            if r == "expression":
+            if isinstance(conds, dict) and conds.get("expression") is not None:
                 expr_refs[sid] = self._referenced_steps(conds.get("expression"))
         self.dep_steps = dep_steps
         self.dep_groups = dep_groups
@@ -352,7 +356,7 @@ class _Compiled:
             need = None
         else:
             for t in self.succs()[step_id]:
-                refs = self.expr_refs.get(t, ()) if self.rule[t] == "expression" else ()
+                refs = self.expr_refs.get(t, ())
                 if t in self.group_of or self.dep_groups[t] or refs is None:
                     need = None
                     break
@@ -656,7 +660,7 @@ class _Run:
         ctx: dict[str, Any] = {"variables": snap.variables, "trigger": snap.trigger, "steps": {},
                                "previous": {},
                                "execution": {"id": snap.execution_id, "status": snap.status}}
-        if c.rule[sid] != "expression":
+        if sid not in c.expr_refs:
             return ctx
         refs = c.expr_refs.get(sid)
         if refs is None:
@@ -680,7 +684,7 @@ class _Run:
                 dep_outcomes[key] = _GROUP_DEP_OUTCOME[self.group_outcome(ref)]
             else:
                 dep_outcomes[key] = self.outcome(ref)
-        verdict = evaluate_rule(c.step[sid].conditions, dep_outcomes, self.context(sid))
+        verdict = evaluate_rule(c.step[sid].conditions, dep_outcomes, self.context(sid), self.cancel)
         if verdict.error:
             expl = verdict.explanation or ""
             reason = COND_ERROR_PREFIX + str(verdict.error)
@@ -698,8 +702,7 @@ class _Run:
                 self.out.append(Enqueue(sid, a.id))
                 self.set(sid, _QUEUED)
         else:
-            uf = c.rule[sid] in _PROPAGATING_RULES and any(
-                o in (_FAILED, "upstream_failed") for o in dep_outcomes.values())
+            uf = verdict.upstream_failed
             self.out.append(Skip(sid, a.id, verdict.explanation or "condition is false", uf))
             self.set(sid, _SKIPPED)
             if uf:

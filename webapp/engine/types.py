@@ -20,7 +20,7 @@ class StepDef:
     # A tuple, even empty, is explicit and replaces the implicit edge.
     dependencies: tuple[int, ...] | None = None
     parallel_group: str | None = None
-    # {"type": "on_success"|"on_failure"|"always"|"one_success"|"none_failed"|"expression",
+    # {"type": "on_success"|"on_failure"|"always"|"one_success"|"none_failed" (legacy "expression": on_success),
     #  "expression": str|None, "depends_on": [step ids]|None}
     conditions: dict[str, Any] | None = None
     approval_required: bool = False
