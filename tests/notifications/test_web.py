@@ -94,7 +94,7 @@ def test_deliveries_page_filters_and_polls_while_open(client_as, receiver):
     svc.emit("failed", ex2)
     c = client_as("viewer")
     page = c.get("/notifications/deliveries").get_data(as_text=True)
-    assert ex1.execution_id in page and ex2.execution_id in page and 'hx-trigger="every 3s [' in page
+    assert ex1.execution_id in page and ex2.execution_id in page and 'hx-trigger="every 3s" data-poll-hold="focus open-details"' in page
     assert f'href="/executions/{ex1.execution_id}"' in page
     part = c.get(f"/notifications/deliveries?execution={ex1.execution_id}", headers=HX).get_data(as_text=True)
     assert part.lstrip().startswith('<section id="delivery-results"') and ex2.execution_id not in part
