@@ -39,7 +39,10 @@ def test_build_a_pipeline_in_the_editor(page, live_server, users):
     page.get_by_label("build", exact=True).check()  # ticking a dependency picks "these steps"
     assert page.locator('input[name=deps_mode][value=explicit]').is_checked()
     page.locator("summary", has_text="Condition").click()
-    page.select_option("#f-cond_type", "expression")
+    # the rule stays "dependencies succeeded"; the expression is asked for beside it, not instead of it
+    assert page.locator("#f-cond_type").input_value() == "on_success"
+    assert page.locator("#f-cond_type option[value=expression]").count() == 0
+    assert page.get_by_label("and this expression is true (optional)").is_visible()
     page.fill("#f-cond_expression", 'variables.env == "prod" && steps.build.status == "success"')
     page.locator("summary", has_text="Sample context").click()
     page.fill("#f-cond_context", '{"variables": {"env": "prod"}}')
@@ -74,4 +77,6 @@ def test_build_a_pipeline_in_the_editor(page, live_server, users):
     db.session.refresh(p)
     smoke = next(s for s in p.steps if s.name == "smoke")
     assert [d.name for d in smoke.depends_on] == ["build"] and smoke.parameters["url"] == "https://example.com/health"
-    assert smoke.conditions["type"] == "expression" and p.version == 3
+    assert smoke.conditions == {"type": "on_success",
+                                "expression": 'variables.env == "prod" && steps.build.status == "success"'}
+    assert p.version == 3

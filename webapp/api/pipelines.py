@@ -290,8 +290,12 @@ def _body(op: dict, schema: dict, required: bool = True) -> dict:
 
 ADVANCED_CONFIG = {"type": "object", "properties": {
     "conditions": {"type": "object", "nullable": True, "properties": {
-        "type": {"type": "string", "enum": ["on_success", "on_failure", "always", "one_success", "none_failed", "expression"]},
-        "expression": {"type": "string"}, "depends_on": {"type": "array", "items": {"type": "integer"}}}},
+        "type": {"type": "string", "enum": ["on_success", "on_failure", "always", "one_success", "none_failed", "expression"],
+                 "description": "The trigger rule (default on_success). 'expression' is AnsFlow's older form and is"
+                                " stored as on_success plus the expression."},
+        "expression": {"type": "string", "description": "Optional CEL, checked in addition to the rule; it"
+                       " replaces on_success only when it calls always(), success(), failure() or cancelled()."},
+        "depends_on": {"type": "array", "items": {"type": "integer"}}}},
     "approval_required": {"type": "boolean"}, "approval_users": {"type": "array", "items": {"type": "string"}},
     "approval_config": {"type": "object", "properties": {
         "required_approvals": {"type": "integer"}, "timeout_hours": {"type": "number"},

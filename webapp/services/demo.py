@@ -43,7 +43,7 @@ DEMO_PIPELINES = [
              "approval": {"users": ["approver1", "approver2", "approver3"], "required_approvals": 2, "timeout_hours": 24,
                           "message": "Ship this build to production?"},
              # only production releases need the two approvals (like a protected environment)
-             "conditions": {"type": "expression", "expression": 'has(variables.env) && $variables.env === "production"'}},
+             "conditions": {"expression": 'has(variables.env) && $variables.env === "production"'}},
             {"name": "deploy", "type": "shell", "parameters": {"command": "echo deploying $STEP_BUILD_ARTIFACT to $ENV"},
              "conditions": {"type": "on_success"}, "timeout_seconds": 300, "estimated_duration": 60},
             {"name": "rollback", "type": "shell", "depends_on": ["deploy"], "parameters": {"command": "echo rolling back"},
@@ -78,7 +78,7 @@ DEMO_PIPELINES = [
             {"name": "optional cleanup", "type": "shell", "depends_on": [], "continue_on_failure": True,
              "parameters": {"command": "echo cleanup failed >&2; exit 1"}},
             {"name": "load", "type": "shell", "depends_on": ["extract"],
-             "conditions": {"type": "expression", "expression": "int(steps.extract.outputs.ROWS) > 0"},
+             "conditions": {"expression": "int(steps.extract.outputs.ROWS) > 0"},
              "parameters": {"command": "echo loading $STEP_EXTRACT_ROWS rows"}},
             {"name": "health", "type": "http", "depends_on": ["load"],
              "parameters": {"url": "http://127.0.0.1:5000/login", "method": "GET", "expected_status": [200]}},

@@ -25,7 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from ..engine import graph
-from ..engine.conditions import validate_conditions
+from ..engine.conditions import normalize_conditions, validate_conditions
 from ..engine.retry import validate_policy
 from ..engine.types import GroupDef, PipelineDef, StepDef
 from ..extensions import db
@@ -313,12 +313,12 @@ def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | 
         deps = s.get("depends_on")
         step.explicit_dependencies = deps is not None
         step.depends_on = [index[d] for d in (deps or [])]
-        cond = s.get("conditions")
+        cond = normalize_conditions(s.get("conditions"))  # the rule and the expression apart
         if cond:
             cond = dict(cond)
             if cond.get("depends_on"):
                 cond["depends_on"] = [index[n].id for n in cond["depends_on"]]
-        step.conditions = cond
+        step.conditions = cond or None
     db.session.commit()
     return pipeline
 
@@ -350,7 +350,7 @@ def _export(pipeline: Pipeline) -> dict:
         if s.parallel_group:
             item["parallel_group"] = group_local[s.parallel_group]
         if s.conditions:
-            cond = dict(s.conditions)
+            cond = normalize_conditions(s.conditions)  # read-time upgrade of the legacy shape
             if cond.get("depends_on"):
                 cond["depends_on"] = [names[i] for i in cond["depends_on"] if i in names]
             item["conditions"] = cond

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, flash, redirect, request, url_for
 from flask_login import current_user
 
-from ..engine.conditions import RULES
+from ..engine.conditions import RULES, normalize_conditions
 from ..models.pipeline import STEP_TYPES, SYNC_POLICIES
 from ..runners.params import HTTP_METHODS
 from ..security import has_role, role_required
@@ -279,6 +279,16 @@ def _form_values(form) -> dict[str, Any]:
     return values
 
 
+def _form_conditions(form) -> dict[str, Any]:
+    """The step form's rule and expression as a condition (on_success stays implicit). The old
+    form value "expression" is passed on as it is, so validation can ask for the expression."""
+    rule = form.get("cond_type") or "on_success"
+    expression = form.get("cond_expression", "").strip()
+    if not expression:
+        return {} if rule == "on_success" else {"type": rule}
+    return {"type": rule, "expression": expression}
+
+
 def _step_changes(form, p) -> tuple[dict[str, Any], dict[str, str]]:
     """The step form as definition fields (names, not ids) and the fields it could not read."""
     errors: dict[str, str] = {}
@@ -316,14 +326,7 @@ def _step_changes(form, p) -> tuple[dict[str, Any], dict[str, str]]:
         changes["depends_on"] = None
     changes["parallel_group"] = form.get("parallel_group") or None
 
-    rule = form.get("cond_type") or "on_success"
-    expression = form.get("cond_expression", "").strip()
-    if rule == "expression":
-        changes["conditions"] = {"type": "expression", "expression": expression}
-    elif rule != "on_success":
-        changes["conditions"] = {"type": rule}
-    else:
-        changes["conditions"] = None
+    changes["conditions"] = _form_conditions(form) or None
 
     if form.get("approval_required") or st == "approval":
         approval = {
@@ -384,7 +387,8 @@ def _values_from_step(d: dict[str, Any] | None) -> dict[str, Any]:
         "webhook_url": params.get("webhook_url", ""), "notify_message": params.get("message", ""),
         "deps_mode": "explicit" if "depends_on" in d else "stage", "depends_on": list(d.get("depends_on") or []),
         "parallel_group": d.get("parallel_group") or "",
-        "cond_type": cond.get("type") or "on_success", "cond_expression": cond.get("expression") or "",
+        "cond_type": normalize_conditions(cond).get("type") or "on_success",
+        "cond_expression": cond.get("expression") or "",
         "approval_required": "1" if approval or d.get("type") == "approval" else "",
         "approval_users": ", ".join(approval.get("users") or []),
         "approval_required_approvals": s(approval.get("required_approvals", 1)),
@@ -486,10 +490,7 @@ def test_condition(pid: int):
     raw_id = request.form.get("step_id", "")
     step = svc.step_by_id(p, int(raw_id)) if raw_id.isdigit() else None
     form = request.form
-    rule = form.get("cond_type") or "on_success"
-    conditions: dict[str, Any] = {"type": rule}
-    if rule == "expression":
-        conditions["expression"] = form.get("cond_expression", "")
+    conditions: dict[str, Any] = {"type": "on_success", **_form_conditions(form)}
     if step is not None and (step.conditions or {}).get("depends_on"):
         conditions["depends_on"] = step.conditions["depends_on"]
     names = {s.name: s.id for s in p.steps}
@@ -618,3 +619,9 @@ def delete_group(pid: int, gid: str):
     else:
         notice = ("success", f"Parallel group '{name}' deleted." + (f" Its steps ({', '.join(freed)}) now run outside any group." if freed else ""))
     return _after_steps_change(p, notice, anchor="groups")
+
+
+@bp.app_template_filter("conditions_shape")
+def conditions_shape(conditions: Any) -> Any:
+    """A stored condition as the rule and the expression apart (the legacy shape upgraded)."""
+    return normalize_conditions(conditions)
