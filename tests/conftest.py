@@ -105,6 +105,9 @@ def settings_env(settings: dict) -> dict[str, str]:
         "ANSFLOW_RECONCILE_SECONDS": str(settings["RECONCILE_SECONDS"]),
         "ANSFLOW_HEARTBEAT_SECONDS": str(settings["HEARTBEAT_SECONDS"]),
         "SECRET_KEY": "test-secret",
+        # Steps of these tests coordinate through files of the test's tmp dir, which a sandboxed
+        # step cannot see: tests/security runs workers at each level instead.
+        "ANSFLOW_STEP_ISOLATION": "none",
     })
     for key, value in settings.get("EXTRA_ENV", {}).items():
         env[key] = value

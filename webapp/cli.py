@@ -11,8 +11,31 @@ from flask import Flask, current_app
 
 
 def register(app: Flask) -> None:
-    for command in (create_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd, trigger_cmd):
+    for command in (create_user_cmd, deactivate_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd, trigger_cmd):
         app.cli.add_command(command)
+
+
+@click.command("deactivate-user")
+@click.argument("username")
+@click.option("--force", is_flag=True, help="Deactivate even if some approval gate then lacks approvers.")
+def deactivate_user_cmd(username, force):
+    """Deactivate a user (no sign-in, no API, no approvals); refused while a gate needs them."""
+    from .services.accounts import StillNeeded, ValidationError, deactivate_user
+
+    try:
+        gates = deactivate_user(username, force=force)
+    except StillNeeded as e:
+        click.echo(f"error: {username} is the approver these gates cannot do without:", err=True)
+        for gate in e.gates:
+            click.echo(f"  - {gate}", err=True)
+        click.echo("Change those approver lists first, or run again with --force.", err=True)
+        raise SystemExit(2)
+    except ValidationError as e:
+        click.echo(f"error: {e.fields.get('username') or e.message}", err=True)
+        raise SystemExit(2)
+    for gate in gates:
+        click.echo(f"warning: {gate} (it cannot reach its quorum now without an admin)", err=True)
+    click.echo(f"Deactivated {username}.")
 
 
 @click.command("create-user")
@@ -60,6 +83,11 @@ def worker_cmd(queues, burst, fork, name, scheduler):
     from .queues import ALL_QUEUES, get_queue, redis_conn
     from .tasks.worker import install_worker_hooks
 
+    box = _start_sandbox(current_app)
+    click.echo(box.describe(), err=True)
+    if box.level == "none":
+        click.echo("WARNING: steps are not isolated from this worker: they can read instance/, the database "
+                   "and the worker's files (fine for a trusted single-user setup only).", err=True)
     purposes = [q.strip() for q in queues.split(",") if q.strip()] or list(ALL_QUEUES)
     conn = redis_conn()
     worker_cls = Worker if fork else SimpleWorker
@@ -70,6 +98,36 @@ def worker_cmd(queues, burst, fork, name, scheduler):
     worker.work(burst=burst, with_scheduler=scheduler, logging_level="WARNING")
 
 
+def _sandbox_for(app: Flask):
+    """The step sandbox the app's settings ask for (raises SandboxError with the reason)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from .config import INSTANCE
+    from .runners import sandbox
+
+    cfg = app.config
+    root = Path(cfg["WORKSPACE_ROOT"])
+    url = make_url(cfg["SQLALCHEMY_DATABASE_URI"])
+    db_files = [Path(url.database)] if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") else []
+    masked = tuple(str(p) for p in (INSTANCE, root, *db_files))
+    box = sandbox.choose(cfg.get("STEP_ISOLATION"), workspace_root=root, uids=cfg.get("STEP_UIDS"), masked=masked)
+    return box, INSTANCE, db_files, root
+
+
+def _start_sandbox(app: Flask):
+    from .runners import sandbox
+
+    try:
+        box, instance, db_files, root = _sandbox_for(app)
+    except sandbox.SandboxError as exc:
+        raise click.ClickException(str(exc))
+    if box.level != sandbox.NONE:
+        sandbox.lock_down(instance, db_files, root)
+    return sandbox.configure(box)
+
+
 @click.command("dev")
 @click.option("--port", default=5000, show_default=True)
 @click.option("--workers", default=1, show_default=True)
@@ -78,6 +136,12 @@ def dev_cmd(port, workers):
     from .embedded_redis import EmbeddedRedis
     from .config import INSTANCE
 
+    from .runners.sandbox import SandboxError
+
+    try:
+        click.echo(_sandbox_for(current_app)[0].describe())
+    except SandboxError as exc:
+        raise click.ClickException(str(exc))
     started = []
     env = dict(os.environ)
     redis_server = None

@@ -22,7 +22,9 @@ def _secret_key() -> str:
     INSTANCE.mkdir(exist_ok=True)
     path = INSTANCE / "secret_key"
     if not path.exists():
-        path.write_text(os.urandom(32).hex())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # the worker's alone (step sandbox)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex())
     return path.read_text().strip()
 
 
@@ -46,6 +48,9 @@ class Config:
         self.REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.BASE_URL = os.environ.get("ANSFLOW_BASE_URL", "http://127.0.0.1:5000")
         self.WORKSPACE_ROOT = os.environ.get("ANSFLOW_WORKSPACE", str(INSTANCE / "workspaces"))
+        # bwrap | user | none; unset: the strongest the machine supports (runners/sandbox.py)
+        self.STEP_ISOLATION = os.environ.get("ANSFLOW_STEP_ISOLATION", "")
+        self.STEP_UIDS = os.environ.get("ANSFLOW_STEP_UIDS", "2000000000-2099999999")
         self.QUEUE_PREFIX = os.environ.get("ANSFLOW_QUEUE_PREFIX", "ansflow")
         self.MAX_RETRIES_CAP = int(os.environ.get("ANSFLOW_MAX_RETRIES_CAP", "10"))
         self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))

@@ -2,16 +2,66 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from webapp.runners import shell
+from webapp.runners import sandbox, shell
 from webapp.runners.base import StepResult
 
 from ..conftest import wait_for
-from .conftest import gone, read_pid
+
+# user needs a workspace root that other uids can search: the fixture makes one under /tmp
+LEVELS = sandbox.available(Path(tempfile.gettempdir()) / "x")
+
+
+@pytest.fixture(params=LEVELS)
+def isolated(request, make_ctx):
+    """make_ctx at each isolation level this machine supports (the test id names it), with a
+    workspace of its own in a root as the worker makes it (0711)."""
+    root = Path(tempfile.mkdtemp(prefix="ansflow-ws-"))
+    os.chmod(root, 0o711)
+    workspace = root / "ex-1"
+    workspace.mkdir()
+    previous = sandbox.configure(sandbox.choose(request.param, workspace_root=root))
+
+    def make(*a, **kw):
+        ctx = make_ctx(*a, **kw)
+        ctx.workspace = workspace
+        return ctx
+    make.workspace = workspace
+    make.level = request.param
+    yield make
+    sandbox.configure(previous)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def survivors(marker: str) -> list[int]:
+    """Host pids of live processes whose command line holds `marker` (a pid a sandboxed step
+    writes down is one of its own pid namespace, meaningless out here)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def marker() -> str:
+    return f"{secrets.randbelow(10**6)}"
 
 
 def run_in_thread(ctx):
@@ -28,10 +78,11 @@ def run_in_thread(ctx):
 
 # -- exit codes and start-up ------------------------------------------------------------------
 
-def test_success_exit_zero_runs_in_the_workspace(make_ctx):
-    r = shell.run(make_ctx(parameters={"command": "echo hello; pwd"}))
+def test_success_exit_zero_runs_in_the_workspace(isolated):
+    r = shell.run(isolated(parameters={"command": "echo hello; pwd; touch made-here"}))
     assert r.status == "success" and r.exit_code == 0 and r.failure is None
-    assert r.logs == f"hello\n{make_ctx.workspace}\n"
+    assert r.logs == f"hello\n{isolated.workspace}\n"
+    assert (isolated.workspace / "made-here").is_file()
 
 
 @pytest.mark.parametrize("code", [1, 3, 42, 255])
@@ -42,8 +93,8 @@ def test_non_zero_exit_is_a_failure_with_its_code(make_ctx, code):
     assert str(code) in r.error_message
 
 
-def test_a_command_killed_by_a_signal_reports_128_plus_n(make_ctx):
-    r = shell.run(make_ctx(parameters={"command": "kill -KILL $$"}))
+def test_a_command_killed_by_a_signal_reports_128_plus_n(isolated):
+    r = shell.run(isolated(parameters={"command": "kill -KILL $$"}))
     assert (r.status, r.exit_code, r.failure) == ("failed", 137, "exit")
 
 
@@ -120,7 +171,7 @@ def test_a_context_env_without_a_base_still_gets_a_minimal_one(make_ctx):
 
 # -- outputs ------------------------------------------------------------------------------------
 
-def test_outputs_file_lines_become_outputs(make_ctx):
+def test_outputs_file_lines_become_outputs(isolated):
     command = r"""{
       echo 'VERSION=1.2.3'
       echo ''
@@ -134,7 +185,7 @@ def test_outputs_file_lines_become_outputs(make_ctx):
       printf 'CRLF=yes\r\n'
       echo 'VERSION=2.0.0'
     } >> "$ANSFLOW_OUTPUT"; exit 1"""
-    r = shell.run(make_ctx(parameters={"command": command}))
+    r = shell.run(isolated(parameters={"command": command}))
     assert r.status == "failed"   # outputs are kept even when the step fails
     assert r.outputs == {"URL": "https://x/?a=b=c", "EMPTY": "", "PADDED": "kept value ", "CRLF": "yes",
                          "VERSION": "2.0.0"}
@@ -155,8 +206,8 @@ def test_an_oversized_outputs_file_is_capped(make_ctx):
     assert "outputs file larger than" in r.logs
 
 
-def test_a_fifo_as_outputs_file_does_not_hang_the_runner(make_ctx):
-    r = shell.run(make_ctx(parameters={"command": 'rm "$ANSFLOW_OUTPUT"; mkfifo "$ANSFLOW_OUTPUT"'}, timeout=20))
+def test_a_fifo_as_outputs_file_does_not_hang_the_runner(isolated):
+    r = shell.run(isolated(parameters={"command": 'rm "$ANSFLOW_OUTPUT"; mkfifo "$ANSFLOW_OUTPUT"'}, timeout=20))
     assert r.status == "success" and r.outputs == {}
 
 
@@ -195,35 +246,44 @@ def test_a_failing_on_log_callback_does_not_fail_the_step(make_ctx):
 
 # -- timeout, cancel and the process group ----------------------------------------------------------
 
-def test_timeout_kills_the_whole_process_group(make_ctx):
-    command = 'sleep 300 & echo $! > bg.pid; bash -c "sleep 300 & echo \\$! > grand.pid; wait" & echo started; wait'
+def test_timeout_kills_the_whole_process_group(isolated):
+    m = marker()
+    command = f'sleep 300.{m}1 & bash -c "sleep 300.{m}2 & wait" & echo started; wait'
     started = time.monotonic()
-    r = shell.run(make_ctx(parameters={"command": command}, timeout=1))
+    r = shell.run(isolated(parameters={"command": command}, timeout=1))
     assert time.monotonic() - started < 10
     assert (r.status, r.failure) == ("timed_out", "timeout")
     assert "timed out after 1 s" in r.logs and "started" in r.logs
-    for name in ("bg.pid", "grand.pid"):
-        pid = read_pid(make_ctx.workspace / name)
-        assert gone(pid), f"{name} {pid} survived the timeout"
+    assert survivors(f"300.{m}") == [], "a process of the step survived the timeout"
 
 
-def test_a_process_ignoring_sigterm_is_killed_after_the_grace(make_ctx, monkeypatch):
+def test_a_process_ignoring_sigterm_is_killed_after_the_grace(isolated, monkeypatch):
     monkeypatch.setattr(shell, "KILL_GRACE", 0.5)
-    command = "trap '' TERM; echo $$ > stubborn.pid; echo ready; while :; do sleep 0.1; done"
-    r = shell.run(make_ctx(parameters={"command": command}, timeout=0.5))
+    m = marker()
+    command = f"trap '' TERM; : stubborn-{m}; echo ready; while :; do sleep 0.1; done"
+    r = shell.run(isolated(parameters={"command": command}, timeout=0.5))
     assert r.status == "timed_out" and r.exit_code == 137
-    assert gone(read_pid(make_ctx.workspace / "stubborn.pid"))
+    assert survivors(f"stubborn-{m}") == []
 
 
-def test_should_stop_cancelled_kills_the_group(make_ctx, recorder):
-    command = 'sleep 300 & echo $! > bg.pid; echo running; wait'
-    result = run_in_thread(make_ctx(parameters={"command": command}))
+def test_a_term_trap_gets_its_grace_before_the_kill(isolated):
+    """SIGTERM reaches the step itself, not only its sandbox, so cleanup traps run."""
+    command = "trap 'echo cleaned-up; exit 3' TERM; echo ready; while :; do sleep 0.1; done"
+    r = shell.run(isolated(parameters={"command": command}, timeout=0.5))
+    assert r.status == "timed_out" and r.exit_code == 3
+    assert "cleaned-up" in r.logs
+
+
+def test_should_stop_cancelled_kills_the_group(isolated, recorder):
+    m = marker()
+    command = f'sleep 300.{m} & echo running; wait'
+    result = run_in_thread(isolated(parameters={"command": command}))
     wait_for(lambda: recorder.seen("running"), timeout=10, message="the step to start")
     recorder.stop_with = "cancelled"
     r = result()
     assert (r.status, r.failure) == ("cancelled", "cancelled")
     assert "step cancelled" in r.logs
-    assert gone(read_pid(make_ctx.workspace / "bg.pid"))
+    assert survivors(f"300.{m}") == []
 
 
 def test_should_stop_timed_out_gives_timed_out(make_ctx, recorder):
@@ -235,13 +295,14 @@ def test_should_stop_timed_out_gives_timed_out(make_ctx, recorder):
 
 
 @pytest.mark.parametrize("redirect", ["", ">/dev/null 2>&1"])
-def test_background_leftovers_do_not_hang_the_step_and_are_killed(make_ctx, redirect):
-    command = f"sleep 100 {redirect} & echo $! > bg.pid; echo done"
+def test_background_leftovers_do_not_hang_the_step_and_are_killed(isolated, redirect):
+    m = marker()
+    command = f"sleep 100.{m} {redirect} & echo done"
     started = time.monotonic()
-    r = shell.run(make_ctx(parameters={"command": command}, timeout=60))
+    r = shell.run(isolated(parameters={"command": command}, timeout=60))
     assert time.monotonic() - started < 10
     assert r.status == "success" and r.logs == "done\n"
-    assert gone(read_pid(make_ctx.workspace / "bg.pid"))
+    assert survivors(f"100.{m}") == []
 
 
 def test_no_file_descriptors_or_children_are_leaked(make_ctx):

@@ -1,8 +1,9 @@
 """The environment a step runs with: how context values reach a command (DESIGN §3).
 
 Context values are passed ONLY as environment variables, never spliced into command text.
-The environment starts from a minimal base (PATH, HOME, LANG, TMPDIR) rather than the
-worker's own environment, so DATABASE_URL, SECRET_KEY, REDIS_URL... never reach user commands.
+The environment starts from an allow-listed base (base_env: PATH, HOME, LANG, TMPDIR and the
+names in ANSFLOW_STEP_ENV) rather than the worker's own environment, so DATABASE_URL,
+SECRET_KEY, REDIS_URL, SMTP_PASSWORD... never reach user commands.
 
     ANSFLOW_EXECUTION_ID, ANSFLOW_ATTEMPT, ANSFLOW_STEP, ANSFLOW_OUTPUT, ANSFLOW_WORKSPACE
     <NAME>                   each variable, uppercased, when that is a valid identifier and not
@@ -35,6 +36,11 @@ PROTECTED = frozenset({
     "HISTFILE", "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "PERL5LIB", "RUBYOPT", "NODE_OPTIONS",
 })
 PROTECTED_PREFIXES = ("ANSFLOW_", "TRIGGER_", "STEP_", "LD_", "BASH_FUNC_")
+# The server's settings (README "Configuration"): ANSFLOW_STEP_ENV cannot hand them to steps.
+SERVER_ONLY = frozenset({
+    "DATABASE_URL", "SECRET_KEY", "REDIS_URL", "SMTP_HOST", "SMTP_PORT", "SMTP_USER", "SMTP_PASSWORD", "SMTP_TLS",
+    "MAIL_FROM", "TEST_DATABASE_URL",
+})
 
 
 def env_value(value: Any) -> str:
@@ -54,13 +60,26 @@ def env_suffix(name: Any) -> str:
     return re.sub(r"[^A-Z0-9]", "_", str(name).upper())
 
 
+def passed_through() -> list[str]:
+    """The worker's variables a deployment lets steps see (ANSFLOW_STEP_ENV, comma separated:
+    e.g. HTTP_PROXY,NO_PROXY); never the server's own settings."""
+    names = (n.strip() for n in os.environ.get("ANSFLOW_STEP_ENV", "").split(","))
+    return [n for n in names if IDENTIFIER.match(n) and n not in SERVER_ONLY and not n.startswith(PROTECTED_PREFIXES)]
+
+
 def base_env() -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+    """The allow-listed start of every step's environment: a fixed PATH, a home and a temporary
+    directory (the shell runner's sandbox replaces both), the locale, and ANSFLOW_STEP_ENV."""
+    env = {
+        "PATH": DEFAULT_PATH,
         "HOME": os.environ.get("HOME") or tempfile.gettempdir(),
         "LANG": os.environ.get("LANG") or "C.UTF-8",
-        "TMPDIR": os.environ.get("TMPDIR") or tempfile.gettempdir(),
+        "TMPDIR": tempfile.gettempdir(),
     }
+    for name in passed_through():
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 def is_protected(name: str) -> bool:

@@ -11,6 +11,11 @@
   (Linux prctl), so orphaned grandchildren are re-parented to it and reaped here too.
 - Context values reach the command only as environment variables (ctx.env, then the step's
   static parameters["env"]); the command text is passed to bash untouched.
+- bash runs in the worker's sandbox (sandbox.py: bwrap, user or none). Under bwrap the group
+  also holds bwrap itself: SIGTERM goes to the group's other members (bwrap would pass it on as
+  SIGKILL to all, leaving the step no grace), SIGKILL to the whole group.
+- The worker touches a workspace a step may own through directory descriptors and O_NOFOLLOW
+  only, so links the step plants there lead nowhere.
 - Outputs: $ANSFLOW_OUTPUT names a fresh file (unique per attempt, under
   <workspace>/.ansflow/); after the process ends its `KEY=value` lines become the outputs
   (blank, comment and malformed lines ignored, KEY an identifier, last one wins, 64 KB read).
@@ -29,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import sandbox as sandboxes
 from .base import (
     CANCELLED, FAILED, SUCCESS, TIMED_OUT, LogBuffer, StepContext, StepResult, error_result, mask,
     safe_on_log, safe_should_stop, stop_status,
@@ -53,25 +59,33 @@ def run(ctx: StepContext) -> StepResult:
     static_env = params.get("env") or {}
     if not isinstance(static_env, dict):
         return error_result("env must be a mapping of NAME: value.", ctx)
+    box = sandboxes.current()
     try:
         workspace = Path(ctx.workspace)
         workspace.mkdir(parents=True, exist_ok=True)
-        output_file = _fresh_output_file(ctx, workspace)
-    except OSError as exc:
+        uid = sandboxes.workspace_owner(box, workspace, ctx.execution_id)
+        output_file = _fresh_output_file(ctx, workspace, uid)
+    except (OSError, sandboxes.SandboxError) as exc:
         return error_result(f"cannot prepare the workspace: {exc}", ctx)
     env = step_env(ctx.env, static_env, workspace, output_file)
+    for name, value in sandboxes.step_env_overrides(box, workspace).items():
+        if name not in static_env:   # the worker's HOME and TMPDIR are not the step's to use
+            env[name] = value
     log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
+    if box.level == sandboxes.BWRAP and not os.access(BASH, os.X_OK):
+        return error_result(f"could not start bash: {BASH} is not executable", ctx)
 
     _subreaper_acquire()
     try:
         try:
             proc = subprocess.Popen(
-                [BASH, "-c", command], cwd=str(workspace), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                box.wrap([BASH, "-c", command], workspace, uid), cwd=str(workspace), env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                close_fds=True, **sandboxes.popen_user(box, uid),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return error_result(f"could not start bash: {exc}", ctx)
-        group = _Group(proc, log)
+        group = _Group(proc, log, wrapper=box.level == sandboxes.BWRAP)
         try:
             reason, why = _supervise(group, ctx, log)
             stop = stop_status(reason)
@@ -83,7 +97,7 @@ def run(ctx: StepContext) -> StepResult:
     finally:
         _subreaper_release()
 
-    outputs = read_outputs(output_file, ctx.secrets, log)
+    outputs = read_outputs(output_file, ctx.secrets, log, owner=uid)
     exit_code = code if code >= 0 else 128 - code   # killed by signal N -> 128+N, as the shell reports it
     logs = log.text()
     if stop:
@@ -109,25 +123,57 @@ def step_env(context_env: dict | None, static_env: dict, workspace: Path, output
     return env
 
 
-def _fresh_output_file(ctx: StepContext, workspace: Path) -> Path:
-    directory = workspace / ".ansflow"
-    directory.mkdir(exist_ok=True)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fresh_output_file(ctx: StepContext, workspace: Path, owner: int | None = None) -> Path:
+    """An empty <workspace>/.ansflow/<step>.<attempt>.out, the step's (`owner`'s) to write."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(ctx.step_name))[:80] or "step"
-    path = directory / f"{safe}.{ctx.attempt_id}.out"
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.touch()
-    return path
-
-
-def read_outputs(path: Path, secrets: list[str], log: LogBuffer | None = None) -> dict[str, str]:
-    """`KEY=value` lines of the outputs file (a regular file only: never block on a FIFO)."""
+    name = f"{safe}.{ctx.attempt_id}.out"
+    ws_fd = os.open(workspace, _DIR_FLAGS)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        try:
+            os.mkdir(".ansflow", 0o755, dir_fd=ws_fd)
+        except FileExistsError:
+            pass
+        dir_fd = os.open(".ansflow", _DIR_FLAGS, dir_fd=ws_fd)
+    finally:
+        os.close(ws_fd)
+    try:
+        if owner is not None:
+            os.fchown(dir_fd, owner, owner)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            if owner is not None:
+                os.fchown(fd, owner, owner)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    return workspace / ".ansflow" / name
+
+
+def read_outputs(path: Path, secrets: list[str], log: LogBuffer | None = None,
+                 owner: int | None = None) -> dict[str, str]:
+    """`KEY=value` lines of the outputs file (a regular file only: never block on a FIFO). With
+    an `owner`, only a file of that uid with one link: not a server file the step linked there."""
+    try:
+        dir_fd = os.open(Path(path).parent, _DIR_FLAGS)
     except OSError:
         return {}
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fd = os.open(Path(path).name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return {}
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (owner is not None and (st.st_uid != owner or st.st_nlink != 1)):
             return {}
         with os.fdopen(fd, "rb") as fh:
             fd = -1
@@ -190,9 +236,10 @@ def _supervise(group: "_Group", ctx: StepContext, log: LogBuffer) -> tuple[str |
 class _Group:
     """bash, its process group and the thread reading their merged output."""
 
-    def __init__(self, proc: subprocess.Popen, log: LogBuffer):
+    def __init__(self, proc: subprocess.Popen, log: LogBuffer, wrapper: bool = False):
         self.proc = proc
-        self.pgid = proc.pid      # start_new_session: bash leads its own group
+        self.pgid = proc.pid      # start_new_session: bash (or its sandbox wrapper) leads its own group
+        self.wrapper = wrapper    # proc is bwrap: the step's processes are the group's other members
         self.log = log
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"shell-log-{proc.pid}", daemon=True)
@@ -247,6 +294,14 @@ class _Group:
             return True
 
     def signal(self, sig: int) -> None:
+        if self.wrapper and sig != signal.SIGKILL:
+            for pid, _, state in _group_members(self.pgid):
+                if pid != self.proc.pid and state != "Z":
+                    try:
+                        os.kill(pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            return
         try:
             os.killpg(self.pgid, sig)
         except (ProcessLookupError, PermissionError):
