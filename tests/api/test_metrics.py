@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import zlib
 from datetime import timedelta
 
 import pytest
@@ -31,14 +32,14 @@ def execution(p, status, seconds=None, ago=timedelta(hours=1), **kw):
     return e
 
 
-def attempt(e, name, status, seconds=None, retry=0, wait=None):
+def attempt(e, name, status, seconds=None, retry=0, wait=None, **kw):
     start = e.started_at + timedelta(seconds=1)
-    a = StepExecutionHistory(
-        execution_id=e.id, step_id=hash(name) % 1000, step_name=name, status=status, retry_count=retry,
+    a = StepExecutionHistory(  # a stable step id per name (str hashes vary per process and may collide)
+        execution_id=e.id, step_id=zlib.crc32(name.encode()) % 100000, step_name=name, status=status, retry_count=retry,
         started_at=start if seconds is not None else None,
         queued_at=start - timedelta(seconds=wait) if wait is not None else None,
         finished_at=start + timedelta(seconds=seconds) if seconds is not None else None,
-        duration_seconds=seconds)
+        duration_seconds=seconds, **kw)
     db.session.add(a)
     return a
 
@@ -78,9 +79,12 @@ def test_pipeline_metrics_match_the_inserted_history(history):
     assert m["duration_seconds"] == {"median": 25.0, "p95": 38.5, "average": 25.0}
     assert m["average_queue_wait_seconds"] == pytest.approx(3.0, abs=0.01)  # (1 + 2 + 3 + 6) / 4
     assert m["retries"] == {"attempts": 1, "executions": 1}
-    assert m["most_failing_steps"] == [{"step_name": "deploy", "failures": 2, "runs": 4, "failure_rate": 50.0}]
-    # build 5, 7, 9 -> median 7; deploy 2, 3, 4, 5 -> 3.5
-    assert [(s["step_name"], s["median_seconds"], s["runs"]) for s in m["slowest_steps"]] == [("build", 7.0, 3), ("deploy", 3.5, 4)]
+    # deploy finally failed in one execution (e3, after two failed attempts) of the three it reached a verdict in
+    assert m["most_failing_steps"] == [{"step_name": "deploy", "failed_executions": 1, "executions": 3,
+                                        "failure_rate": 33.3, "failed_attempts": 2}]
+    assert m["flaky_steps"] == [] and m["bypassed_executions"] == 0
+    # build 5, 7, 9 -> median 7; deploy 2, 3, 4, 5 -> 3.5 (durations are of attempts, and counted so)
+    assert [(s["step_name"], s["median_seconds"], s["attempts"]) for s in m["slowest_steps"]] == [("build", 7.0, 3), ("deploy", 3.5, 4)]
     assert m["slowest_steps"][0]["p95_seconds"] == pytest.approx(8.8)
     assert [f["execution_id"] for f in m["recent_failures"]] == ["e3failed"]
     assert m["recent_failures"][0]["failed_steps"] == ["deploy"] and m["recent_failures"][0]["pipeline_name"] == "release"
@@ -96,10 +100,46 @@ def test_overall_metrics_have_a_row_per_pipeline(history):
     assert rows["release"]["total"] == 5 and rows["release"]["success_rate"] == 50.0
     assert rows["release"]["median_duration_seconds"] == 25.0 and rows["release"]["active"] == 1
     assert rows["nightly"] == {**rows["nightly"], "total": 1, "failed": 1, "success_rate": 0.0, "median_duration_seconds": 60.0}
-    failing = [(s["pipeline_name"], s["step_name"], s["failures"]) for s in m["most_failing_steps"]]
-    assert failing == [("release", "deploy", 2), ("nightly", "test", 1)]
+    failing = [(s["pipeline_name"], s["step_name"], s["failed_executions"]) for s in m["most_failing_steps"]]
+    assert failing == [("release", "deploy", 1), ("nightly", "test", 1)]
     assert m["slowest_steps"][0]["step_name"] == "test" and m["slowest_steps"][0]["pipeline"] == b.id
     assert [f["execution_id"] for f in m["recent_failures"]] == ["nightlyfail", "e3failed"]
+
+
+def test_steps_are_counted_in_executions_and_flaky_means_failed_then_passed_in_the_same_run(app):
+    p = pipeline("ci", steps=("lint", "e2e", "unit"))
+    # lint fails five attempts in one execution (more failed attempts than e2e has): e2e finally
+    # fails in three executions, so it is the most failing step
+    one = execution(p, "failed", 30, ago=timedelta(hours=6))
+    for n in range(5):
+        attempt(one, "lint", "failed", 1, retry=n)
+    for hours in (5, 4):
+        e = execution(p, "failed", 30, ago=timedelta(hours=hours))
+        attempt(e, "lint", "success", 1)
+        attempt(e, "e2e", "failed", 2)
+    # unit: failed then passed on a retry in two executions (flaky), passed first time in one; a
+    # failed attempt followed by a later failure is not flaky (e2e here)
+    for hours, first in ((3, "failed"), (2, "failed"), (1, "success")):
+        e = execution(p, "success", 30, ago=timedelta(hours=hours))
+        attempt(e, "unit", first, 1)
+        if first == "failed":
+            attempt(e, "unit", "success", 1, retry=1)
+    e = execution(p, "failed", 30, ago=timedelta(minutes=30))
+    attempt(e, "e2e", "timed_out", 2)
+    attempt(e, "e2e", "failed", 2, retry=1)
+    # a success a person got past a failure of: counted apart, and still a success
+    bypassed = execution(p, "success", 30, ago=timedelta(minutes=20))
+    attempt(bypassed, "e2e", "skipped", 2, bypassed=True, skip_reason="bypassed by maintainer1: known")
+    db.session.commit()
+
+    m = metrics.workflow_metrics(p.id, now=NOW)
+    failing = [(s["step_name"], s["failed_executions"], s["executions"], s["failed_attempts"]) for s in m["most_failing_steps"]]
+    assert failing == [("e2e", 3, 3, 4), ("lint", 1, 3, 5)]
+    assert m["flaky_steps"] == [{"step_name": "unit", "flaky_executions": 2, "executions": 3, "flaky_rate": 66.7}]
+    assert m["retries"] == {"attempts": 7, "executions": 4}
+    assert m["bypassed_executions"] == 1 and m["successful_executions"] == 4
+    overall = metrics.workflow_metrics(None, now=NOW)
+    assert overall["pipelines"][0]["bypassed"] == 1 and overall["flaky_steps"][0]["pipeline_name"] == "ci"
 
 
 def test_window_is_bounded_by_days_and_count(history):

@@ -9,6 +9,7 @@ from ..models import StepExecutionHistory, WorkflowExecution
 from ..security import api_role_required
 from ..services import executions as svc
 from ..services import pipelines as pipelines_svc
+from ..services import run_summary
 from ..services.accounts import ValidationError
 from . import bp, error
 from .openapi import _op, register
@@ -19,6 +20,7 @@ def _iso(dt):
 
 
 def attempt_json(a: StepExecutionHistory, with_logs: bool = True) -> dict:
+    version = a.definition_version or (a.execution.pipeline_version if a.execution else None)
     out = {
         "id": a.id, "execution_id": a.execution.execution_id if a.execution else None, "step_id": a.step_id,
         "step_name": a.step_name, "status": a.status, "retry_count": a.retry_count, "max_retries": a.max_retries,
@@ -26,18 +28,22 @@ def attempt_json(a: StepExecutionHistory, with_logs: bool = True) -> dict:
         "skip_reason": a.skip_reason, "bypassed": a.bypassed, "output_data": a.output_data or {},
         "scheduled_for": _iso(a.scheduled_for), "queued_at": _iso(a.queued_at), "started_at": _iso(a.started_at),
         "finished_at": _iso(a.finished_at), "duration_seconds": a.duration_seconds, "rq_job_id": a.rq_job_id,
-        "worker_name": a.worker_name,
+        "worker_name": a.worker_name, "definition_version": version,
     }
     if with_logs:
         out["logs"] = a.logs
     return out
 
 
-def execution_json(e: WorkflowExecution, full: bool = False) -> dict:
+def execution_json(e: WorkflowExecution, full: bool = False, bypassed: int | None = None) -> dict:
+    """`bypassed`: the execution's bypassed step count when the caller read it for a whole list."""
+    if bypassed is None:
+        bypassed = run_summary.bypassed_counts([e.id]).get(e.id, 0)
     out = {
         "id": e.id, "execution_id": e.execution_id, "pipeline": e.pipeline_id,
         "pipeline_name": e.pipeline_snapshot.get("name"), "pipeline_version": e.pipeline_version,
-        "status": e.status, "status_reason": e.status_reason, "trigger_type": e.trigger_type,
+        "status": e.status, "status_reason": e.status_reason, "bypassed_count": bypassed,
+        "status_summary": run_summary.status_text(e.status, bypassed), "trigger_type": e.trigger_type,
         "triggered_by": e.triggered_by.username if e.triggered_by else None,
         "current_step": e.current_step, "failed_steps": e.failed_steps or [],
         "pending_approvals": e.pending_approvals or [], "cancel_requested": e.cancel_requested,
@@ -87,7 +93,9 @@ def list_executions():
         return error("limit, offset and pipeline must be whole numbers", 400,
                      {"query": "limit, offset and pipeline must be whole numbers"})
     rows = svc.list_executions(pipeline, request.args.get("status") or None, limit, offset)
-    return jsonify({"results": [execution_json(e) for e in rows], "limit": limit, "offset": offset})
+    bypassed = run_summary.bypassed_counts(e.id for e in rows)
+    return jsonify({"results": [execution_json(e, bypassed=bypassed.get(e.id, 0)) for e in rows],
+                    "limit": limit, "offset": offset})
 
 
 @bp.post("/workflow-executions/")
@@ -154,10 +162,17 @@ def resume_execution(execution_id: str):
     data = _body()
     try:
         child = svc.resume(e, from_step=data.get("from_step"), user=current_user, variables=data.get("variables"),
-                           use_current_definition=bool(data.get("use_current_definition", True)))
+                           use_current_definition=bool(data.get("use_current_definition", True)),
+                           definition=data.get("definition"))
     except svc.Conflict as c:
         return _conflict(c)
-    return jsonify(execution_json(child, full=True)), 201
+    return jsonify({**execution_json(child, full=True), **_definition_used(e, child)}), 201
+
+
+def _definition_used(e: WorkflowExecution, ran: WorkflowExecution) -> dict:
+    """Which definition a retry or resume of `e` runs in `ran`: 'original' (e's) or 'current'."""
+    return {"definition": "original" if ran.pipeline_version == e.pipeline_version else "current",
+            "definition_version": ran.pipeline_version}
 
 
 @bp.get("/pipelines/executions/<execution_id>/steps/")
@@ -185,10 +200,11 @@ def retry_step(execution_id: str, step_id: str):
     if err:
         return err
     try:
-        e = svc.retry_step(e, step_id, current_user)
+        ran = svc.retry_step(e, step_id, current_user, definition=_body().get("definition"))
     except svc.Conflict as c:
         return _conflict(c)
-    return jsonify(execution_json(e))
+    new = ran.id != e.id  # "current": a new execution runs the step with the current definition
+    return jsonify({**execution_json(ran), **_definition_used(e, ran), "new_execution": new}), 201 if new else 200
 
 
 @bp.post("/pipelines/executions/<execution_id>/steps/<step_id>/bypass/")
@@ -239,9 +255,9 @@ for path, method, summary, body, ok in [
     ("/api/v1/workflow-executions/{execution_id}/", "get", "An execution with its step results", None, 200),
     ("/api/v1/workflow-executions/{execution_id}/cancel/", "post", "Cancel a running execution", None, 200),
     ("/api/v1/workflow-executions/{execution_id}/recovery-info/", "get", "What a resume would keep and re-run", None, 200),
-    ("/api/v1/pipelines/executions/{execution_id}/resume/", "post", "Resume into a new linked execution {from_step, variables}", "Resume", 201),
+    ("/api/v1/pipelines/executions/{execution_id}/resume/", "post", "Resume into a new linked execution {from_step, variables, definition}; the response names the definition_version it runs", "Resume", 201),
     ("/api/v1/pipelines/executions/{execution_id}/steps/", "get", "Steps of an execution with every attempt", None, 200),
-    ("/api/v1/pipelines/executions/{execution_id}/steps/{step_id}/retry/", "post", "Re-run a failed step and its downstream in place", None, 200),
+    ("/api/v1/pipelines/executions/{execution_id}/steps/{step_id}/retry/", "post", "Re-run a failed step and its downstream: in place with the definition the execution ran (definition: original, default), or in a new linked execution with the pipeline's current definition (definition: current; 201); the response names the definition_version", None, 200),
     ("/api/v1/pipelines/executions/{execution_id}/steps/{step_id}/bypass/", "post", "Mark a failed step skipped {reason}", "Bypass", 200),
     ("/api/v1/step-execution-history/", "get", "Attempts (filters: execution, step, pipeline, status)", None, 200),
     ("/api/v1/step-execution-history/{id}/", "get", "One attempt with its logs", None, 200),
@@ -250,4 +266,12 @@ for path, method, summary, body, ok in [
     op["responses"]["404"] = {"description": "Not found"}
     if method == "post":
         op["responses"]["409"] = {"description": "Not allowed in the current state"}
+    if path.endswith(("/retry/", "/resume/")):
+        choice = {"type": "string", "enum": list(svc.DEFINITIONS)}
+        props = {"definition": choice} if path.endswith("/retry/") else {
+            "from_step": {"type": "string"}, "variables": {"type": "object"}, "definition": choice,
+            "use_current_definition": {"type": "boolean", "description": "older spelling of definition"}}
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": props}}}}
+        if path.endswith("/retry/"):
+            op["responses"]["201"] = {"description": "A new execution runs the current definition"}
     register(path, method, op)

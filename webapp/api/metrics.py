@@ -42,9 +42,12 @@ def _document() -> None:
          "description": "window: at most the N most recent of those executions"},
     ]
     described = (
-        "Executions by status, success rate (successful / finished, %), median, p95 and average duration, "
-        "average queue wait of step attempts, retries, most failing and slowest steps, recent failures and "
-        "executions per day (for windows up to 90 days), over a bounded window")
+        "Executions by status, success rate (successful / finished, %), successful executions with bypassed "
+        "steps (bypassed_executions), median, p95 and average duration, average queue wait of step attempts, "
+        "retry attempts and the executions that had them, most failing steps (executions in which the step "
+        "finally failed, with its failed attempts), flaky steps (executions in which it failed, then passed on "
+        "a retry), slowest steps (median of attempts), recent failures and executions per day (for windows up "
+        "to 90 days), over a bounded window")
     one = _op(f"Workflow metrics of a pipeline: {described}", tags=["metrics"])
     one["parameters"] = params
     one["responses"]["404"] = {"description": "Not found", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

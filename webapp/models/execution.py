@@ -19,7 +19,9 @@ TRIGGER_TYPES = ("manual", "api", "webhook", "schedule", "resume", "cli")
 
 class WorkflowExecution(db.Model):
     __tablename__ = "workflow_executions"
-    __table_args__ = (enum_check("status", EXECUTION_STATES), enum_check("trigger_type", TRIGGER_TYPES))
+    # AUTOINCREMENT: SQLite would give a deleted execution's id to the next one (migration 0004)
+    __table_args__ = (enum_check("status", EXECUTION_STATES), enum_check("trigger_type", TRIGGER_TYPES),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
@@ -74,6 +76,7 @@ class StepExecutionHistory(db.Model):
         UniqueConstraint("execution_id", "step_id", "retry_count"),
         # "the running (or queued) steps of this execution", read as each step finishes
         Index("ix_step_execution_history_execution_status", "execution_id", "status"),
+        {"sqlite_autoincrement": True},   # attempt ids name Redis cancel flags: never reused
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -92,6 +95,9 @@ class StepExecutionHistory(db.Model):
     skip_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     upstream_failed: Mapped[bool] = mapped_column(Boolean, default=False)
     bypassed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the pipeline version whose definition this attempt ran (a resumed execution keeps its
+    # parent's attempts, which ran an older one); NULL: rows from before it was recorded
+    definition_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -30,6 +30,7 @@ from ..models.snapshots import (
 )
 from ..queues import CONTROL, enqueue, enqueue_steps, request_stop, step_job_id
 from .accounts import ValidationError
+from . import run_summary
 from . import step_sql as sql
 from .pipelines import freeze
 
@@ -122,10 +123,11 @@ def start(
             "error_message": "", "output_data": {}, "created_at": now, "upstream_failed": False, "bypassed": False,
             # every row names the same columns: one executemany
             "exit_code": None, "skip_reason": None, "started_at": None, "finished_at": None, "duration_seconds": None,
-            "queued_at": None, "rq_job_id": None,
+            "queued_at": None, "rq_job_id": None, "definition_version": execution.pipeline_version,
         }
         if old is not None:
             row.update(
+                definition_version=old.definition_version or parent.pipeline_version,
                 status=old.status, output_data=old.output_data or {}, exit_code=old.exit_code,
                 skip_reason=old.skip_reason, bypassed=old.bypassed, started_at=old.started_at,
                 finished_at=old.finished_at, duration_seconds=old.duration_seconds,
@@ -420,7 +422,8 @@ def _apply(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: dateti
 def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: datetime, after: list) -> bool:
     steps = fz.steps
     if isinstance(d, Skip):
-        return _set(d.attempt_id, ("pending",), status="skipped", skip_reason=d.reason,
+        reason = _skip_reason(d, execution, fz)
+        return _set(d.attempt_id, ("pending",), status="skipped", skip_reason=reason,
                     upstream_failed=d.upstream_failed, finished_at=now)
     elif isinstance(d, AwaitApproval):
         if _set(d.attempt_id, ("pending",), status="waiting_approval"):
@@ -441,6 +444,7 @@ def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: da
             execution_id=execution.id, step_id=d.step_id, step_name=failed.step_name, status="retry_scheduled",
             retry_count=d.retry_count, max_retries=failed.max_retries, scheduled_for=d.run_at, created_at=now,
             logs="", error_message="", output_data={}, upstream_failed=False, bypassed=False,
+            definition_version=execution.pipeline_version,
         ))
         if d.run_at > now:
             after.append(lambda: request_advance(execution.id, at=d.run_at))
@@ -455,23 +459,24 @@ def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: da
                 failure_kind="cancelled" if d.status == "cancelled" else "timeout"):
             if was in ("queued", "running"):
                 after.append(lambda: request_stop(d.attempt_id, d.status))
-            if was == "waiting_approval":
-                db.session.execute(
-                    update(ApprovalRequest)
-                    .where(ApprovalRequest.attempt_id == d.attempt_id, ApprovalRequest.status == "pending")
-                    .values(status="cancelled", decided_at=now, outcome_reason=d.reason)
-                    .execution_options(synchronize_session=False))
+            if was == "waiting_approval":  # its request closes with the reason; approvers are told
+                from . import approvals
+
+                approvals.cancel_for_execution(execution, d.reason, after, attempt_id=d.attempt_id)
             if d.status == "timed_out":
                 after.append(lambda: emit_event("timed_out", execution, attempt_id=d.attempt_id))
             return True
     elif isinstance(d, FinishGroup):
         groups = dict((execution.recovery_point or {}).get("groups", {}))
         if d.group_id not in groups:
-            groups[d.group_id] = {"status": d.status, "reason": d.reason, "at": now.isoformat()}
+            status, reason = _group_record(d, execution, fz)
+            groups[d.group_id] = {"status": status, "reason": reason, "at": now.isoformat()}
             execution.recovery_point = {**(execution.recovery_point or {}), "groups": groups}
             return True
     elif isinstance(d, FinishExecution):
         reason = d.reason
+        if d.status == "failed":
+            reason = run_summary.truthful_reason(reason, _skipped_group_names(execution, fz))
         if d.status == "cancelled":
             from . import approvals
 
@@ -486,6 +491,39 @@ def _apply_one(d, execution: WorkflowExecution, fz: Frozen, by_id: dict, now: da
     elif isinstance(d, WakeAt):
         after.append(lambda: request_advance(execution.id, at=d.at))
     return False
+
+
+def _group_record(d: FinishGroup, execution: WorkflowExecution, fz: Frozen) -> tuple[str, str]:
+    """The group's outcome as recorded for people (run_summary.group_verdict)."""
+    if d.status != "failed":
+        return d.status, d.reason
+    return _group_verdict(execution, fz, d.group_id) or (d.status, d.reason)
+
+
+def _group_verdict(execution: WorkflowExecution, fz: Frozen, group_id: str) -> tuple[str, str] | None:
+    members = [sid for sid, s in fz.steps.items() if s.get("parallel_group") == group_id]
+    # read here, not from the plan's rows: the skips of this very plan are already written
+    rows = db.session.execute(select(SEH.step_id, SEH.step_name, SEH.status, SEH.upstream_failed, SEH.retry_count, SEH.id)
+                              .where(SEH.execution_id == execution.id, SEH.step_id.in_(members))).all()
+    return run_summary.group_verdict("failed", _latest_by_step(rows).values())
+
+
+def _skip_reason(d: Skip, execution: WorkflowExecution, fz: Frozen) -> str:
+    """The engine's reason, except that a group whose members were only skipped because of an
+    upstream failure is named so, not as failed."""
+    if not d.upstream_failed or not fz.definition.groups:
+        return d.reason
+    reason = d.reason
+    for g in fz.definition.groups:
+        said = f"dependency {g.name or g.id} failed"
+        if said in reason and _group_verdict(execution, fz, g.id) is not None:
+            reason = reason.replace(said, f"dependency {g.name or g.id} was {run_summary.GROUP_SKIPPED}")
+    return reason
+
+
+def _skipped_group_names(execution: WorkflowExecution, fz: Frozen) -> list[str]:
+    recorded = (execution.recovery_point or {}).get("groups", {})
+    return [g.name or g.id for g in fz.definition.groups if recorded.get(g.id, {}).get("status") == "skipped"]
 
 
 def _refresh_summary(execution: WorkflowExecution, fz: Frozen, state: dict[int, tuple[str, str]]) -> None:
@@ -530,7 +568,7 @@ def step_results(execution_pk: int) -> dict[str, Any]:
         out[a.step_name] = {
             "status": a.status, "exit_code": a.exit_code, "outputs": a.output_data or {},
             "attempts": counts[a.step_id], "duration_seconds": a.duration_seconds,
-            "error": a.error_message or None, "skip_reason": a.skip_reason,
+            "error": a.error_message or None, "skip_reason": a.skip_reason, "bypassed": a.bypassed,
         }
     return out
 
@@ -699,33 +737,66 @@ def step_id_by_name_or_id(execution: WorkflowExecution, ref) -> int:
     raise ValidationError(f"No step {ref!r} in this execution.", {"step": f"unknown step {ref!r}"})
 
 
+DEFINITIONS = ("original", "current")
+
+
+def definition_choice(value, default: str) -> str:
+    """Which definition re-run steps take: "original" (the one this execution froze, vN) or
+    "current" (the pipeline's definition now, vM)."""
+    if value in (None, ""):
+        return default
+    if value not in DEFINITIONS:
+        raise ValidationError("Choose the definition to run: 'original' or 'current'.",
+                              {"definition": "expected 'original' or 'current'"})
+    return value
+
+
+def current_version(execution: WorkflowExecution) -> int | None:
+    """The pipeline's version now when it is not the one this execution runs, else None."""
+    pipeline = execution.pipeline
+    if pipeline is None or pipeline.version == execution.pipeline_version:
+        return None
+    return pipeline.version
+
+
 def resume(execution: WorkflowExecution, from_step=None, user: User | None = None,
-           variables: dict | None = None, use_current_definition: bool = True) -> WorkflowExecution:
+           variables: dict | None = None, use_current_definition: bool = True,
+           definition: str | None = None) -> WorkflowExecution:
     """A new execution linked to this one: succeeded steps keep their results, the rest re-run.
 
-    With `use_current_definition` the re-run steps take the pipeline's current definition (the
-    usual "fix the command, resume" flow); steps are matched by id, and a step that no longer
-    exists cannot be kept.
+    With the "current" `definition` (default; `use_current_definition` is the older spelling)
+    the new execution freezes the pipeline's current definition (the usual "fix the command,
+    resume" flow); steps are matched by id, and a step that no longer exists cannot be kept.
     """
     if execution.status not in ("failed", "cancelled"):
         raise Conflict(f"Only a failed or cancelled execution can be resumed; this one is {execution.status}.")
-    snap, attempts = _snapshot_of(execution)
+    choice = definition_choice(definition, "current" if use_current_definition else "original")
     from_ids = None if from_step in (None, "") else [step_id_by_name_or_id(execution, from_step)]
+    return _rerun(execution, from_ids, choice == "current", user, variables)
+
+
+def _rerun(execution: WorkflowExecution, from_ids: list[int] | None, use_current: bool, user: User | None,
+           variables: dict | None = None, needed: int | None = None) -> WorkflowExecution:
+    """The new execution of a resume (plan_resume decides what it keeps). `needed`: a step id
+    that must exist in the definition it runs (the step a person asked to retry)."""
+    snap, attempts = _snapshot_of(execution)
     rp = plan_resume(snap, from_ids)
     latest = _latest_by_step(attempts)
     pipeline = db.session.get(Pipeline, execution.pipeline_id)
     frozen = execution.pipeline_snapshot
-    if use_current_definition and pipeline is not None and pipeline.version != execution.pipeline_version:
+    if use_current and pipeline is not None and pipeline.version != execution.pipeline_version:
         frozen = freeze(pipeline)
     ids_now = {s["id"] for s in frozen["steps"]}
+    if needed is not None and needed not in ids_now:
+        raise Conflict(f"Step '{latest[needed].step_name}' is not in the current definition (v{frozen['version']}): "
+                       f"retry it as it ran (v{execution.pipeline_version}).")
     kept = {sid: latest[sid] for sid in rp.keep if sid in ids_now}
     merged_vars = {**(execution.context_variables or {}), **_check_variables(variables)}
-    child = start(
+    return start(
         pipeline, trigger_data={**(execution.trigger_data or {}), "resumed_from": execution.execution_id},
         variables=merged_vars, user=user, trigger_type="resume",
         secret_variables=execution.secret_variables, snapshot=frozen, parent=execution, kept=kept,
     )
-    return child
 
 
 def _reset_steps(execution: WorkflowExecution, step_ids: Iterable[int], attempts) -> None:
@@ -736,6 +807,7 @@ def _reset_steps(execution: WorkflowExecution, step_ids: Iterable[int], attempts
         "execution_id": execution.id, "step_id": sid, "step_name": latest[sid].step_name, "status": "pending",
         "retry_count": latest[sid].retry_count + 1, "max_retries": max_retries_of(steps[sid]), "logs": "",
         "error_message": "", "output_data": {}, "created_at": now, "upstream_failed": False, "bypassed": False,
+        "definition_version": execution.pipeline_version,
     } for sid in sorted(step_ids)]
     if rows:
         db.session.execute(insert(SEH), rows)
@@ -750,25 +822,48 @@ def _reopen(execution: WorkflowExecution) -> None:
     execution.recovery_point = {"groups": {}} if groups else None
 
 
-def retry_step(execution: WorkflowExecution, step_ref, user: User | None = None) -> WorkflowExecution:
-    """Re-run one failed step of a finished execution and its downstream, in place."""
+def retry_step(execution: WorkflowExecution, step_ref, user: User | None = None,
+               definition: str | None = None) -> WorkflowExecution:
+    """Re-run one failed step of a finished execution and its downstream.
+
+    "original" (default): in place, with the definition the execution froze. "current", when
+    the pipeline changed since: a new execution (as resume: linked to this one, the succeeded
+    steps kept) that freezes the current definition; returned instead of this one. An
+    execution's snapshot never changes: every worker process caches it by execution id, and
+    its page must keep telling what ran with which definition.
+    """
+    choice = definition_choice(definition, "original")
     sid = step_id_by_name_or_id(execution, step_ref)
+    if choice == "current" and current_version(execution) is not None:
+        db.session.refresh(execution)
+        _check_retryable(execution, sid, _snapshot_of(execution)[1])
+        return _rerun(execution, [sid], True, user, needed=sid)
     begin_locked(execution.id)
     db.session.refresh(execution)
-    if execution.status not in TERMINAL_EXECUTION:
-        db.session.rollback()
-        raise Conflict("Wait for the execution to finish (or cancel it) before retrying a step.")
     snap, attempts = _snapshot_of(execution)
-    latest = _latest_by_step(attempts)
-    if latest[sid].status not in ("failed", "timed_out", "cancelled"):
+    try:
+        _check_retryable(execution, sid, attempts)
+    except Conflict:
         db.session.rollback()
-        raise Conflict(f"Step '{latest[sid].step_name}' is {latest[sid].status}: only a failed, timed-out or cancelled step can be retried.")
+        raise
     _reset_steps(execution, plan_retry_step(snap, sid), attempts)
     _reopen(execution)
     db.session.commit()
     advance(execution.id)
     db.session.refresh(execution)
     return execution
+
+
+def _check_retryable(execution: WorkflowExecution, sid: int, attempts) -> None:
+    if execution.status not in TERMINAL_EXECUTION:
+        raise Conflict("Wait for the execution to finish (or cancel it) before retrying a step.")
+    tries = [a for a in attempts if a.step_id == sid]
+    latest = _latest_by_step(tries)[sid]
+    if latest.status not in ("failed", "timed_out", "cancelled"):
+        raise Conflict(f"Step '{latest.step_name}' is {latest.status}: only a failed, timed-out or cancelled step can be retried.")
+    if run_summary.never_ran(sorted(tries, key=lambda a: (a.retry_count, a.id))):
+        raise Conflict(f"Step '{latest.step_name}' did not run (the execution was cancelled before it started): "
+                       "resume the execution to run it.")
 
 
 def bypass_step(execution: WorkflowExecution, step_ref, reason: str, user: User | None = None) -> WorkflowExecution:

@@ -11,8 +11,14 @@ Definitions
   None when nothing finished in the window.
 - duration: finished executions, started_at -> finished_at, in seconds.
 - queue wait: step attempts, queued_at -> started_at, in seconds (how long work waited for a worker).
-- retries: attempts beyond a step's first one (engine retries and people's "retry step").
-- most failing steps: failed or timed-out attempts per step; runs are the attempts that reached a verdict.
+- retries: attempts beyond a step's first one (engine retries and people's "retry step"), and the
+  executions that had any.
+- bypassed: successful executions in which a person bypassed a failed step ("success · 1 bypassed").
+- A step's outcome in an execution is its final attempt's. Counts of steps are per execution
+  ("executions") unless they say attempts:
+- most failing steps: executions in which the step finally failed or timed out, of the executions
+  in which it reached a verdict (success, failed, timed out); failed_attempts counts its attempts.
+- flaky steps: executions in which the step failed, then passed on a retry in the same execution.
 - slowest steps: the median duration of the attempts of a step that ran (success, failed, timed out).
 """
 from __future__ import annotations
@@ -22,6 +28,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import aliased
 
 from ..database import is_sqlite
 from ..extensions import db
@@ -125,15 +132,7 @@ def _step_stats(ids, by_pipeline: bool) -> dict[str, Any]:
                func.count(func.distinct(case((SEH.retry_count > 0, SEH.execution_id)))))
         .where(in_window)).one()
 
-    keys = [WE.pipeline_id, SEH.step_name] if by_pipeline else [SEH.step_name]
-    failures = func.sum(case((SEH.status.in_(FAILED_STEP), 1), else_=0))
-    runs = func.sum(case((SEH.status.in_(RAN_STEP), 1), else_=0))
-    failing = db.session.execute(
-        select(*keys, failures.label("failures"), runs.label("runs"))
-        .select_from(SEH).join(WE, WE.id == SEH.execution_id)
-        .where(in_window).group_by(*keys).having(failures > 0)
-        .order_by(failures.desc(), *keys).limit(TOP)).all()
-
+    outcomes = _step_outcomes(in_window, by_pipeline)
     key_cols = [WE.pipeline_id.label("pipeline"), SEH.step_name.label("step_name")] if by_pipeline \
         else [SEH.step_name.label("step_name")]
     names = [c.name for c in key_cols]
@@ -148,14 +147,60 @@ def _step_stats(ids, by_pipeline: bool) -> dict[str, Any]:
     return {
         "average_queue_wait_seconds": round(float(avg_wait), 3) if avg_wait is not None else None,
         "retries": {"attempts": int(retries or 0), "executions": int(retried_execs or 0)},
-        "most_failing_steps": [
-            {**({"pipeline": r[0]} if by_pipeline else {}), "step_name": r[-3], "failures": int(r.failures),
-             "runs": int(r.runs), "failure_rate": _rate(int(r.failures), int(r.runs))}
-            for r in failing],
+        **outcomes,
         "slowest_steps": [
-            {**dict(zip(names, key)), "median_seconds": v.get(50), "p95_seconds": v.get(95), "runs": int(counts.get(key, 0))}
+            {**dict(zip(names, key)), "median_seconds": v.get(50), "p95_seconds": v.get(95),
+             "attempts": int(counts.get(key, 0))}
             for key, v in slow],
     }
+
+
+def _step_outcomes(in_window, by_pipeline: bool) -> dict[str, list[dict[str, Any]]]:
+    """most_failing_steps and flaky_steps, counted in executions: one row per (execution, step)
+    with its final attempt (the highest retry_count: unique per execution and step)."""
+    per_run = (select(SEH.execution_id, SEH.step_id, func.max(SEH.retry_count).label("last"),
+                      func.sum(case((SEH.status.in_(FAILED_STEP), 1), else_=0)).label("failed_attempts"))
+               .where(in_window).group_by(SEH.execution_id, SEH.step_id).subquery())
+    final = aliased(SEH)
+    keys = [WE.pipeline_id, final.step_name] if by_pipeline else [final.step_name]
+    failed = func.sum(case((final.status.in_(FAILED_STEP), 1), else_=0))
+    verdicts = func.sum(case((final.status.in_(RAN_STEP), 1), else_=0))
+    flaky = func.sum(case((and_(final.status == "success", per_run.c.failed_attempts > 0), 1), else_=0))
+    rows = db.session.execute(
+        select(*keys, failed.label("failed"), verdicts.label("verdicts"), flaky.label("flaky"),
+               func.sum(per_run.c.failed_attempts).label("failed_attempts"))
+        .select_from(per_run)
+        .join(final, and_(final.execution_id == per_run.c.execution_id, final.step_id == per_run.c.step_id,
+                          final.retry_count == per_run.c.last))
+        .join(WE, WE.id == per_run.c.execution_id)
+        .group_by(*keys).having(or_(failed > 0, flaky > 0, func.sum(per_run.c.failed_attempts) > 0))).all()
+
+    def row(r, **counts) -> dict[str, Any]:
+        return {**({"pipeline": r[0]} if by_pipeline else {}), "step_name": r[len(keys) - 1], **counts}
+
+    failing = sorted((r for r in rows if r.failed), key=lambda r: (-int(r.failed), tuple(r[:len(keys)])))[:TOP]
+    flaky_rows = sorted((r for r in rows if r.flaky), key=lambda r: (-int(r.flaky), tuple(r[:len(keys)])))[:TOP]
+    return {
+        "most_failing_steps": [
+            row(r, failed_executions=int(r.failed), executions=int(r.verdicts),
+                failure_rate=_rate(int(r.failed), int(r.verdicts)), failed_attempts=int(r.failed_attempts))
+            for r in failing],
+        "flaky_steps": [
+            row(r, flaky_executions=int(r.flaky), executions=int(r.verdicts),
+                flaky_rate=_rate(int(r.flaky), int(r.verdicts)))
+            for r in flaky_rows],
+    }
+
+
+def _bypassed(ids) -> tuple[int, dict[int, int]]:
+    """Successful executions with a bypassed step: in all, and per pipeline."""
+    rows = db.session.execute(
+        select(WE.pipeline_id, func.count(func.distinct(WE.id)))
+        .join(SEH, SEH.execution_id == WE.id)
+        .where(WE.id.in_(select(ids.c.id)), WE.status == "success", SEH.bypassed.is_(True))
+        .group_by(WE.pipeline_id)).all()
+    per = {pid: int(n) for pid, n in rows}
+    return sum(per.values()), per
 
 
 def _recent_failures(ids, n: int = 10) -> list[dict[str, Any]]:
@@ -224,6 +269,7 @@ def workflow_metrics(pipeline_id: int | None = None, days: int = DEFAULT_DAYS, l
     since = now - timedelta(days=days)
     ids = _window_ids(pipeline_id, since, limit)
     by_status = _status_counts(ids)
+    bypassed, bypassed_by_pipeline = _bypassed(ids)
     total = sum(by_status.values())
     finished = sum(by_status.get(s, 0) for s in TERMINAL)
     out: dict[str, Any] = {
@@ -231,6 +277,7 @@ def workflow_metrics(pipeline_id: int | None = None, days: int = DEFAULT_DAYS, l
                    "truncated": total >= limit},
         "total_executions": total,
         "successful_executions": by_status.get("success", 0),
+        "bypassed_executions": bypassed,
         "failed_executions": by_status.get("failed", 0),
         "cancelled_executions": by_status.get("cancelled", 0),
         "active_executions": sum(by_status.get(s, 0) for s in ACTIVE),
@@ -243,8 +290,10 @@ def workflow_metrics(pipeline_id: int | None = None, days: int = DEFAULT_DAYS, l
     out["daily"] = _daily(ids, since, now) if days <= 90 else []
     if pipeline_id is None:
         out["pipelines"] = _per_pipeline(ids)
+        for p in out["pipelines"]:
+            p["bypassed"] = bypassed_by_pipeline.get(p["id"], 0)
         names = {p["id"]: p["name"] for p in out["pipelines"]}
-        for row in out["most_failing_steps"] + out["slowest_steps"]:
+        for row in out["most_failing_steps"] + out["flaky_steps"] + out["slowest_steps"]:
             row["pipeline_name"] = names.get(row["pipeline"], "")
     return out
 

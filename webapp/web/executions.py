@@ -22,6 +22,7 @@ from ..security import has_role, role_required
 from ..services import analysis
 from ..services import executions as svc
 from ..services import pipelines as pipelines_svc
+from ..services import run_summary
 from ..services.accounts import ValidationError
 from .render import is_partial_request, render
 
@@ -67,6 +68,7 @@ def index():
     more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
     live = any(e.status not in TERMINAL for e in rows)
     resp = render("executions/index.html", "list", executions=rows, live=live, page=page, more=more,
+                  bypassed=run_summary.bypassed_counts(e.id for e in rows),
                   filters={"pipeline": pipeline_id, "status": status}, statuses=EXECUTION_STATES,
                   pipelines=pipelines_svc.list_pipelines(), can_run=has_role(current_user, "maintainer"),
                   now=utcnow())
@@ -229,6 +231,19 @@ def _act(e, action, success: str):
     return _respond(svc.get_execution(e.execution_id), message=message, error=error, step_errors=step_errors)
 
 
+@bp.get("/<execution_id>/cancel")
+@role_required("maintainer")
+def confirm_cancel(execution_id: str):
+    """Without JS the Cancel button lands here: a page that asks, with the form that cancels."""
+    e = _execution(execution_id)
+    if e.status in TERMINAL:
+        flash(f"Execution {e.execution_id} is already {e.status}: nothing to cancel.", "error")
+        return _see_other(e)
+    steps = step_rows(e, svc.attempts_of(e.id))
+    return render("executions/cancel.html", e=e, pname=e.pipeline_snapshot.get("name") or f"pipeline #{e.pipeline_id}",
+                  active=[s for s in steps if s["status"] not in STEP_TERMINAL])
+
+
 @bp.post("/<execution_id>/cancel")
 @role_required("maintainer")
 def cancel(execution_id: str):
@@ -240,8 +255,30 @@ def cancel(execution_id: str):
 @role_required("maintainer")
 def retry_step(execution_id: str, step_id: int):
     e = _execution(execution_id)
-    return _act(e, lambda: svc.retry_step(e, step_id, current_user),
-                f"Retrying step '{_step_name(e, step_id)}' and what depends on it.")
+    name, version = _step_name(e, step_id), e.pipeline_version
+    if request.form.get("definition") == "current" and svc.current_version(e) is not None:
+        return _retry_with_current(e, step_id, name)
+    return _act(e, lambda: svc.retry_step(e, step_id, current_user, definition="original"),
+                f"Retrying step '{name}' as it ran (v{version}), and what depends on it.")
+
+
+def _retry_with_current(e, step_id: int, name: str) -> Response:
+    """A new execution runs the step with the current definition: the browser goes there."""
+    try:
+        child = svc.retry_step(e, step_id, current_user, definition="current")
+    except (svc.Conflict, ValidationError) as exc:
+        _rollback()
+        if is_partial_request():
+            return _respond(svc.get_execution(e.execution_id), error=exc.message)
+        flash(exc.message, "error")
+        return _see_other(e)
+    flash(f"Retrying step '{name}' with the current definition (v{child.pipeline_version}) in execution "
+          f"{child.execution_id}: the steps that succeeded keep their results.", "success")
+    if is_partial_request():
+        resp = make_response("", 200)
+        resp.headers["HX-Redirect"] = url_for("executions.detail", execution_id=child.execution_id)
+        return resp
+    return _see_other(child)
 
 
 @bp.post("/<execution_id>/steps/<int:step_id>/bypass")
@@ -257,7 +294,8 @@ def bypass_step(execution_id: str, step_id: int):
 @role_required("maintainer")
 def resume(execution_id: str):
     e = _execution(execution_id)
-    use_current = request.form.get("definition", "current") != "frozen"
+    # "frozen" is what this form sent before it said "original"
+    use_current = request.form.get("definition", "current") not in ("frozen", "original")
     try:
         child = svc.resume(e, from_step=request.form.get("from_step") or None, user=current_user,
                            use_current_definition=use_current)
@@ -265,7 +303,8 @@ def resume(execution_id: str):
         _rollback()
         flash(exc.message, "error")
         return _see_other(e)
-    flash(f"Resumed as execution {child.execution_id}: succeeded steps keep their results.", "success")
+    flash(f"Resumed as execution {child.execution_id} with the {'current' if use_current else 'original'} definition "
+          f"(v{child.pipeline_version}): succeeded steps keep their results.", "success")
     return _see_other(child)
 
 
@@ -302,17 +341,19 @@ def detail_context(e, message: str | None = None, error: str | None = None,
     deliveries = notifications_svc.deliveries_for_execution(e.id) if notifications_svc else []
     steps = step_rows(e, attempts)
     terminal = e.status in TERMINAL
-    done = sum(1 for s in steps if s["status"] in STEP_TERMINAL)
+    done = sum(1 for s in steps if s["status"] in STEP_TERMINAL and s["shown"] != "not_run")
     counts: dict[str, int] = {}
     for s in steps:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
+        counts[s["shown"]] = counts.get(s["shown"], 0) + 1
     secret = set(e.secret_variables or [])
+    bypassed = sum(1 for s in steps if s["latest"] is not None and s["latest"].bypassed)
     return {
-        "e": e, "terminal": terminal, "steps": steps, "now": now,
+        "e": e, "terminal": terminal, "steps": steps, "now": now, "bypassed": bypassed,
+        "groups": group_rows(e),
         "pname": e.pipeline_snapshot.get("name") or f"pipeline #{e.pipeline_id}",
         "step_links": {s["id"]: f"#step-{s['id']}" for s in steps},
         "gantt": gantt(e, steps, requests, now),
-        "progress": {"done": done, "total": len(steps), "counts": counts,
+        "progress": {"done": done, "total": len(steps), "counts": counts, "not_run": counts.get("not_run", 0),
                      "percent": round(100 * done / len(steps)) if steps else 100},
         "layout": _layout(e) if steps else None,
         "statuses": {s["id"]: s["status"] for s in steps},
@@ -326,7 +367,7 @@ def detail_context(e, message: str | None = None, error: str | None = None,
                  "deliveries": _sig([f"{d.id}:{d.status}:{d.attempts}" for d in deliveries])},
         "message": message, "error": error, "step_errors": step_errors or {},
         "log_tail": LOG_TAIL,
-        "retryable": terminal and any(s["status"] in ("failed", "timed_out", "cancelled") for s in steps),
+        "retryable": terminal and any(s["shown"] in ("failed", "timed_out", "cancelled") for s in steps),
         "pipeline_version_now": e.pipeline.version if e.pipeline is not None else None,
     }
 
@@ -354,12 +395,20 @@ def step_rows(e, attempts) -> list[dict[str, Any]]:
     for s in e.pipeline_snapshot.get("steps", []):
         tries = by_step.get(s["id"], [])
         latest = tries[-1] if tries else None
+        status = latest.status if latest else "pending"
         rows.append({
             "id": s["id"], "name": s["name"], "type": s.get("step_type", "shell"), "group": s.get("parallel_group"),
-            "attempts": tries, "latest": latest, "status": latest.status if latest else "pending",
+            "attempts": tries, "latest": latest, "status": status, "shown": run_summary.step_status(status, tries),
             "approval": bool(s.get("approval_required")), "max_retries": svc.max_retries_of(s),
         })
     return rows
+
+
+def group_rows(e) -> list[dict[str, Any]]:
+    """The parallel groups that reached an outcome, as recorded (run_summary.group_verdict)."""
+    recorded = (e.recovery_point or {}).get("groups", {})
+    return [{"name": g.get("name") or g["id"], "status": recorded[g["id"]]["status"], "reason": recorded[g["id"]].get("reason", "")}
+            for g in e.pipeline_snapshot.get("groups", []) if g["id"] in recorded]
 
 
 def _seconds(a: datetime, b: datetime) -> float:
