@@ -1,6 +1,7 @@
 """Engine tuning per backend, and the per-execution write lock used by services."""
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import os
 import threading
@@ -17,8 +18,34 @@ def configure(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             _tune_sqlite(db.engine)
+            _queue_web_writers(app)
         else:
             _ping_when_idle(db.engine, app.config["DB_PING_AFTER_SECONDS"])
+
+
+# Set for the length of a web request that may write (any method but GET/HEAD/OPTIONS): on SQLite
+# its transactions begin IMMEDIATE after a turn on the writers' lock file, as begin_locked's do.
+_write_request: contextvars.ContextVar[bool] = contextvars.ContextVar("ansflow_write_request", default=False)
+
+
+def _queue_web_writers(app: Flask) -> None:
+    """A web request's transaction reads (validation, uniqueness) before it writes; under WAL a read
+    transaction cannot become a write once another connection has committed (SQLITE_BUSY at once,
+    whatever the busy timeout: 42 of 60 concurrent creates answered 500 "database is locked").
+    So a request that may write takes the write lock when its transaction begins: writers of the
+    web queue behind each other and behind the workers, readers (GET) never wait."""
+    from flask import request
+
+    @app.before_request
+    def _mark_writer() -> None:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            request.environ["ansflow.write_token"] = _write_request.set(True)
+
+    @app.teardown_request
+    def _unmark_writer(_exc=None) -> None:
+        token = request.environ.pop("ansflow.write_token", None)
+        if token is not None:
+            _write_request.reset(token)
 
 
 def _ping_when_idle(engine: Engine, after: float) -> None:
@@ -121,7 +148,16 @@ def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn):
         immediate = conn.get_execution_options().get("sqlite_immediate")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not immediate and _write_request.get():
+            path = _sqlite_file(engine)
+            if path is not None:
+                _writers.acquire(path)  # released when the session's transaction ends
+            immediate = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except BaseException:
+            _writers.release()  # no transaction began, so its end would never release it
+            raise
 
 
 def is_sqlite() -> bool:
@@ -199,5 +235,8 @@ def allocate_ids(table, n: int) -> list[int]:
         return list(conn.execute(text(
             f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)"),
             {"n": n}).scalars())
-    top = conn.execute(text(f"SELECT coalesce(max(id), 0) FROM {table.name}")).scalar_one()
+    # past sqlite_sequence too: an AUTOINCREMENT table's deleted top ids are never handed out again
+    top = conn.execute(text(
+        f"SELECT max(coalesce((SELECT max(id) FROM {table.name}), 0), "
+        f"coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table.name}'), 0))")).scalar_one()
     return list(range(top + 1, top + 1 + n))
