@@ -59,8 +59,10 @@ class Config:
         # step unlocks when the queues are empty) instead of going back to RQ (tasks.steps._next_work)
         self.INLINE_SUCCESSORS = os.environ.get("ANSFLOW_INLINE_SUCCESSORS", "1") not in ("0", "false", "no")
         self.HEARTBEAT_SECONDS = int(os.environ.get("ANSFLOW_HEARTBEAT_SECONDS", "5"))
-        # Hosts/networks that webhook targets may resolve to although private (comma separated).
-        self.NOTIFY_ALLOWLIST = [h.strip() for h in os.environ.get("ANSFLOW_NOTIFY_ALLOWLIST", "").split(",") if h.strip()]
+        # Hosts/networks[:port] that outbound requests (notifications, http steps, SMTP) may reach although
+        # private: ANSFLOW_OUTBOUND_ALLOWLIST plus its older name ANSFLOW_NOTIFY_ALLOWLIST (netguard.py).
+        from .netguard import allowlist_from_env
+        self.NOTIFY_ALLOWLIST = allowlist_from_env()
         # seconds between delivery retries of a notification (RQ Retry intervals)
         self.NOTIFY_RETRY_INTERVALS = [int(x) for x in os.environ.get("ANSFLOW_NOTIFY_RETRY_INTERVALS", "10,60,300").split(",") if x.strip()]
         self.SMTP_HOST = os.environ.get("SMTP_HOST", "127.0.0.1")

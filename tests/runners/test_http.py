@@ -55,6 +55,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
+def make_ctx(make_ctx):
+    """The receivers of these tests are on loopback: allow-list it, as an operator would for a
+    local service (tests/security/test_outbound.py covers what is refused without it)."""
+    def make(*a, allowlist=("127.0.0.1",), **kw):
+        ctx = make_ctx(*a, **kw)
+        ctx.allowlist = list(allowlist)
+        return ctx
+    return make
+
+
+@pytest.fixture
 def server():
     release = threading.Event()
     seen: list = []

@@ -35,6 +35,7 @@ class StepContext:
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     on_log: Callable[[str], None] = lambda text: None     # full current (masked, capped) log, <= every ~0.5 s
     should_stop: Callable[[], str | None] = lambda: None  # "cancelled" | "timed_out" | None, polled ~every 0.2 s
+    allowlist: list[str] | None = None  # outbound allow-list (netguard); None: the one in the environment
 
 
 @dataclass
@@ -47,20 +48,9 @@ class StepResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def _secret_values(secrets) -> list[str]:
-    """Distinct non-blank secret values, longest first (so a secret containing another is masked whole)."""
-    values = {str(s) for s in (secrets or []) if s is not None and str(s).strip()}
-    return sorted(values, key=len, reverse=True)
-
-
-def mask(text: str, secrets: list[str]) -> str:
-    """Replace every occurrence of every secret value with "***"."""
-    if not text:
-        return text
-    for secret in _secret_values(secrets):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+# Literal, JSON-escaped, URL-encoded, base64 and hex forms, in one cached regex (masking.py).
+from .masking import longest_form, mask  # noqa: E402,F401  (runners import mask from here)
+from .masking import secret_values as _secret_values  # noqa: E402
 
 
 def mask_partial_head(text: str, secrets: list[str]) -> str:
@@ -97,7 +87,7 @@ class LogBuffer:
     def __init__(self, max_bytes: int = DEFAULT_LOG_MAX_BYTES, secrets: list[str] | None = None):
         self.max_bytes = max(int(max_bytes or DEFAULT_LOG_MAX_BYTES), MIN_LOG_MAX_BYTES)
         self.secrets = _secret_values(secrets)
-        margin = max((len(s.encode("utf-8")) for s in self.secrets), default=0)
+        margin = longest_form(self.secrets)
         self._keep = self.max_bytes + margin + 8
         self._buf = bytearray()
         self._dropped = 0

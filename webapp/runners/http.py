@@ -10,6 +10,13 @@ Outcome: an expected status -> success (exit_code = HTTP status); any other stat
 failure "exit", exit_code = the status; a connection/TLS/URL error -> failed, failure "error";
 no complete response within `timeout` seconds -> failed, failure "timeout".
 
+Address policy (webapp/netguard.py, the same as for notifications): the URL's host and every
+redirect hop (at most 10) must resolve to public addresses unless ANSFLOW_OUTBOUND_ALLOWLIST
+(or ANSFLOW_NOTIFY_ALLOWLIST) admits them; the connection checks the peer it actually reached.
+A refused target fails the attempt with failure "error" and says why; nothing is sent to it.
+Userinfo in the URL is sent as basic auth and is not logged; credentials never follow a redirect
+to another host.
+
 Stopping: the request runs in a helper thread while this thread polls should_stop() every
 0.2 s and enforces both the request timeout (as a total deadline, not only per socket read)
 and ctx.timeout_seconds. A stop returns at once (cancelled / timed_out); the abandoned request
@@ -19,9 +26,11 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from .. import netguard
 from .base import (
     FAILED, SUCCESS, TIMED_OUT, LogBuffer, StepContext, StepResult, error_result, mask, safe_on_log,
     safe_should_stop, stop_status,
@@ -30,6 +39,7 @@ from .base import (
 BODY_LOG_BYTES = 4096
 DEFAULT_TIMEOUT = 30.0
 STOP_POLL = 0.2
+MAX_REDIRECTS = 10
 
 
 def run(ctx: StepContext) -> StepResult:
@@ -59,8 +69,17 @@ def run(ctx: StepContext) -> StepResult:
     elif body is not None:
         kwargs["json"] = body
 
+    allowlist = ctx.allowlist if ctx.allowlist is not None else netguard.allowlist_from_env()
     log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
-    log.line(f"> {method} {url}")
+    log.line(f"> {method} {_shown(url)}")
+    try:
+        netguard.check_url(url, allowlist)
+    except netguard.Refused as e:
+        return _refused(ctx, log, e.message)
+    except netguard.Unresolved as e:
+        message = mask(e.message, ctx.secrets)
+        log.line(f"< error: {message}")
+        return StepResult(status=FAILED, failure="error", error_message=message, logs=log.text())
     if headers:
         log.line("> headers: " + ", ".join(sorted(headers)))
     safe_on_log(ctx, log.text(final=False))
@@ -68,7 +87,7 @@ def run(ctx: StepContext) -> StepResult:
     if stop:
         return _stopped(ctx, log, stop, "stopped before the request was sent")
 
-    call = _Call(method, url, headers, timeout, kwargs)
+    call = _Call(method, url, headers, timeout, kwargs, allowlist)
     started = time.monotonic()
     call.start()
     request_deadline = started + timeout
@@ -89,6 +108,8 @@ def run(ctx: StepContext) -> StepResult:
         error = call.error
     elapsed_ms = int((time.monotonic() - started) * 1000)
 
+    if isinstance(error, netguard.Refused):
+        return _refused(ctx, log, error.message)
     if error is not None:
         failure = "timeout" if isinstance(error, requests.Timeout) else "error"
         message = mask(f"{type(error).__name__}: {error}", ctx.secrets)
@@ -108,6 +129,23 @@ def run(ctx: StepContext) -> StepResult:
     log.line(f"[ansflow] {message}")
     return StepResult(status=FAILED, exit_code=status, failure="exit", error_message=message, logs=log.text(),
                       outputs=outputs)
+
+
+def _shown(url: str) -> str:
+    """The URL as logged: userinfo (credentials) left out."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def _refused(ctx: StepContext, log: LogBuffer, message: str) -> StepResult:
+    message = mask(message, ctx.secrets)
+    log.line(f"< not sent: {message}")
+    return StepResult(status=FAILED, failure="error", error_message=message, logs=log.text())
 
 
 def _stopped(ctx: StepContext, log: LogBuffer, stop: tuple[str, str], why: str) -> StepResult:
@@ -130,9 +168,10 @@ def _decode(data: bytes, resp: requests.Response) -> str:
 class _Call(threading.Thread):
     """One request in a daemon thread; the result lands in attributes, then `done` is set."""
 
-    def __init__(self, method: str, url: str, headers: dict, timeout: float, kwargs: dict):
+    def __init__(self, method: str, url: str, headers: dict, timeout: float, kwargs: dict, allowlist: list[str]):
         super().__init__(name="http-step", daemon=True)
         self.method, self.url, self.headers, self.timeout, self.kwargs = method, url, headers, timeout, kwargs
+        self.allowlist = allowlist
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.status = 0
@@ -142,9 +181,10 @@ class _Call(threading.Thread):
 
     def run(self) -> None:
         try:
-            with requests.Session() as session:
-                with session.request(self.method, self.url, headers=self.headers, stream=True,
-                                     timeout=(min(self.timeout, 10.0), self.timeout), **self.kwargs) as resp:
+            with netguard.guarded_session(self.allowlist) as session:
+                with netguard.request(session, self.method, self.url, self.allowlist, max_redirects=MAX_REDIRECTS,
+                                      keep_method=False, headers=self.headers, stream=True,
+                                      timeout=(min(self.timeout, 10.0), self.timeout), **self.kwargs) as resp:
                     self.status, self.reason = resp.status_code, resp.reason or ""
                     chunk = b""
                     for part in resp.iter_content(1024):

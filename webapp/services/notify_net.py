@@ -1,43 +1,26 @@
-"""Outbound HTTP for notifications, safe against SSRF, and secret masking.
+"""Outbound HTTP for notifications through the one address policy (webapp/netguard.py), and
+secret masking for targets and errors.
 
-* `check_url(url, allowlist)` refuses URLs whose host resolves to a loopback, private, link-local,
-  shared, reserved, multicast or cloud-metadata address, unless the allow-list (hostnames, IPs or
-  CIDRs) permits it. The message says what was refused and why.
-* `post(...)` sends through a session whose connections check the address they actually connected
-  to (so a DNS answer that changes between the check and the connect - DNS rebinding - is caught
-  too), never uses environment proxies, and follows redirects by hand, re-checking every hop.
+* `check_url(url, allowlist)` refuses a URL whose host resolves to a non-public address unless the
+  allow-list admits it (netguard.check_url); a name that does not resolve is a retryable failure.
+* `post(...)` sends through netguard's guarded session (the peer of every connection is checked
+  again, so DNS rebinding is caught; no environment proxies) and follows redirects by hand with
+  the same method and body, re-checking every hop.
 * `mask_secret`, `mask_url` and `scrub` keep secrets out of targets, errors and logs.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 from typing import Iterable
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .. import netguard
+from ..netguard import METADATA, METADATA_HOSTS, Refused, address_problem, refusal  # noqa: F401 (re-exported)
 
 DOT = "\u2022"
 USER_AGENT = "AnsFlow-Notify/1.0"
 MAX_REDIRECTS = 3
-
-# Cloud metadata endpoints (AWS/GCP/Azure/OpenStack, ECS task metadata, Alibaba, AWS IPv6).
-METADATA = {
-    ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
-}
-METADATA_HOSTS = {"metadata.google.internal", "metadata", "metadata.azure.internal"}
-
-
-class Refused(Exception):
-    """The destination is not allowed (private address, bad scheme...). Never retried."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class DeliveryFailed(Exception):
@@ -49,150 +32,16 @@ class DeliveryFailed(Exception):
         self.retryable = retryable
 
 
-# ---------- address policy ----------
-
-def _allow_entries(allowlist: Iterable[str] | None):
-    hosts, nets, ips = set(), [], set()
-    for raw in allowlist or ():
-        entry = str(raw).strip().lower().strip("[]")
-        if not entry:
-            continue
-        try:
-            if "/" in entry:
-                nets.append(ipaddress.ip_network(entry, strict=False))
-            else:
-                ips.add(ipaddress.ip_address(entry))
-        except ValueError:
-            hosts.add(entry.rstrip("."))
-    return hosts, nets, ips
-
-
-def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why this address is not a public one (None when it is)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA:
-        return "a cloud metadata address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_private:
-        return "a private address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if not ip.is_global:
-        return "a non-public address"
-    return None
-
-
-def refusal(host: str, ip_text: str, allowlist: Iterable[str] | None) -> str | None:
-    """The reason to refuse connecting to `ip_text` for `host`, or None when allowed."""
-    try:
-        ip = ipaddress.ip_address(ip_text.split("%", 1)[0])
-    except ValueError:
-        return f"'{ip_text}' is not an IP address"
-    problem = address_problem(ip)
-    if problem is None:
-        return None
-    hosts, nets, ips = _allow_entries(allowlist)
-    plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
-    if ip in METADATA or plain in METADATA:
-        # Metadata endpoints only when listed exactly (a broad CIDR is not enough).
-        if ip in ips or plain in ips:
-            return None
-    elif (host or "").lower().rstrip(".") in hosts or ip in ips or plain in ips or any(
-        plain in n for n in nets if n.version == plain.version
-    ):
-        return None
-    shown = f"{host} resolves to {ip}" if host and host != str(ip) else str(ip)
-    return f"{shown}, {problem}; notifications may only go to public addresses unless NOTIFY_ALLOWLIST permits it"
-
-
 def check_url(url: str, allowlist: Iterable[str] | None) -> list[str]:
     """Refuse a URL we must not call; returns the addresses it resolves to."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise Refused("Refused: that is not a valid URL.")
-    if parts.scheme not in ("http", "https"):
-        raise Refused(f"Refused: only http:// and https:// URLs can receive notifications (got '{parts.scheme}:').")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise Refused("Refused: the URL has no host.")
-    if host.rstrip(".") in METADATA_HOSTS and host.rstrip(".") not in _allow_entries(allowlist)[0]:
-        raise Refused(f"Refused: {host} is a cloud metadata host.")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise Refused("Refused: the URL has an invalid port.")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        raise DeliveryFailed(f"Could not resolve {host}: {getattr(e, 'strerror', None) or e}", retryable=True)
-    addresses = sorted({info[4][0] for info in infos})
-    for address in addresses:
-        reason = refusal(host, address, allowlist)
-        if reason:
-            raise Refused(f"Refused: {reason}.")
-    return addresses
-
-
-# ---------- a session that re-checks the address it connected to ----------
-
-def _guarded_classes(allowlist):
-    allow = list(allowlist or ())
-
-    class _Guard:
-        def _new_conn(self):  # type: ignore[override]
-            sock = super()._new_conn()
-            try:
-                peer = sock.getpeername()[0]
-            except OSError:
-                peer = ""
-            reason = refusal(self.host, peer, allow)  # type: ignore[attr-defined]
-            if reason:
-                sock.close()
-                raise Refused(f"Refused: {reason}.")
-            return sock
-
-    class GuardedHTTPConnection(_Guard, HTTPConnection):
-        pass
-
-    class GuardedHTTPSConnection(_Guard, HTTPSConnection):
-        pass
-
-    class GuardedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = GuardedHTTPConnection
-
-    class GuardedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = GuardedHTTPSConnection
-
-    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
-
-
-class _GuardedAdapter(HTTPAdapter):
-    def __init__(self, allowlist):
-        self._pools = _guarded_classes(allowlist)
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = self._pools
+        return list(netguard.check_url(url, allowlist).addresses)
+    except netguard.Unresolved as e:
+        raise DeliveryFailed(e.message, retryable=True) from None
 
 
 def guarded_session(allowlist) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment: we connect where we checked
-    adapter = _GuardedAdapter(allowlist)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    return session
+    return netguard.guarded_session(allowlist, USER_AGENT)
 
 
 def post(url: str, *, body: bytes, headers: dict[str, str], allowlist, timeout: float = 10.0,
@@ -203,23 +52,21 @@ def post(url: str, *, body: bytes, headers: dict[str, str], allowlist, timeout: 
         query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
         url = urlunsplit(parts._replace(query=urlencode(query)))
     with guarded_session(allowlist) as session:
-        for _hop in range(MAX_REDIRECTS + 1):
-            check_url(url, allowlist)
-            try:
-                resp = session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-            except Refused:
-                raise
-            except requests.Timeout:
-                raise DeliveryFailed(f"No answer from {urlsplit(url).hostname} within {timeout:g}s.", retryable=True)
-            except requests.ConnectionError as e:
-                raise DeliveryFailed(f"Could not connect to {urlsplit(url).hostname}: {_root_cause(e)}", retryable=True)
-            except requests.RequestException as e:
-                raise DeliveryFailed(f"HTTP request failed: {_root_cause(e)}", retryable=True)
-            if resp.is_redirect and resp.headers.get("location"):
-                url = urljoin(url, resp.headers["location"])
-                continue
-            return resp
-    raise DeliveryFailed(f"Too many redirects (more than {MAX_REDIRECTS}).")
+        try:
+            return netguard.request(session, "POST", url, allowlist, max_redirects=MAX_REDIRECTS, headers=headers,
+                                    data=body, timeout=timeout)
+        except Refused:
+            raise
+        except netguard.Unresolved as e:
+            raise DeliveryFailed(e.message, retryable=True) from None
+        except netguard.TooManyRedirects:
+            raise DeliveryFailed(f"Too many redirects (more than {MAX_REDIRECTS}).") from None
+        except requests.Timeout:
+            raise DeliveryFailed(f"No answer from {urlsplit(url).hostname} within {timeout:g}s.", retryable=True)
+        except requests.ConnectionError as e:
+            raise DeliveryFailed(f"Could not connect to {urlsplit(url).hostname}: {_root_cause(e)}", retryable=True)
+        except requests.RequestException as e:
+            raise DeliveryFailed(f"HTTP request failed: {_root_cause(e)}", retryable=True)
 
 
 def _root_cause(e: BaseException) -> str:

@@ -32,6 +32,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import netguard
 from .notify_net import DeliveryFailed, Refused, mask_secret, mask_url, post, scrub, url_secrets
 
 CHAT_KINDS = ("slack", "dingtalk", "wecom", "feishu")
@@ -101,7 +102,7 @@ def kind_for_url(url: str) -> str:
 def send(dest: Destination, message: Message, allowlist, timeout: float = 10.0) -> str:
     try:
         if dest.kind == "email":
-            return _send_email(dest, message, timeout)
+            return _send_email(dest, message, allowlist, timeout)
         if dest.apprise_url:
             return _send_apprise(dest, message)
         if dest.kind == "webhook":
@@ -271,7 +272,44 @@ def _send_apprise(dest: Destination, message: Message) -> str:
 
 # ---------- email ----------
 
-def _send_email(dest: Destination, message: Message, timeout: float) -> str:
+class _CheckedSocket:
+    """smtplib opens its connection in _get_socket(host, port, timeout); here it goes to an address
+    netguard checked (a test in tests/security/test_outbound.py fails if smtplib stops calling it).
+    TLS still verifies the certificate against the host name (self._host)."""
+
+    allowlist: list[str] = []
+
+    def _get_socket(self, host, port, timeout):
+        sock = netguard.connect(host, port, timeout, self.allowlist)
+        if isinstance(self, smtplib.SMTP_SSL):
+            sock = self.context.wrap_socket(sock, server_hostname=self._host)
+        return sock
+
+
+def smtp_client(host: str, port: int, tls: str, timeout: float, allowlist) -> smtplib.SMTP:
+    """A connected SMTP client whose server address passed the outbound policy."""
+    allow = list(allowlist or ()) + _own_smtp_server()
+    if tls == "ssl":
+        cls = type("CheckedSMTP_SSL", (_CheckedSocket, smtplib.SMTP_SSL), {"allowlist": allow})
+        return cls(host, port, timeout=timeout, context=ssl.create_default_context())
+    cls = type("CheckedSMTP", (_CheckedSocket, smtplib.SMTP), {"allowlist": allow})
+    return cls(host, port, timeout=timeout)
+
+
+def _own_smtp_server() -> list[str]:
+    """The server of AnsFlow's own SMTP_* settings is the operator's choice, so it is admitted (on
+    its port); an SMTP host a channel names is checked like any other destination."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context():
+        return []
+    host, port = current_app.config.get("SMTP_HOST"), current_app.config.get("SMTP_PORT") or 25
+    if not host:
+        return []
+    return [f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"]
+
+
+def _send_email(dest: Destination, message: Message, allowlist, timeout: float) -> str:
     smtp = dest.smtp
     host, port = smtp.get("host") or "127.0.0.1", int(smtp.get("port") or 25)
     tls = (smtp.get("tls") or "none").lower()
@@ -289,10 +327,7 @@ def _send_email(dest: Destination, message: Message, timeout: float) -> str:
     msg.set_content(message.text)
     where = f"{host}:{port}"
     try:
-        if tls == "ssl":
-            client = smtplib.SMTP_SSL(host, port, timeout=timeout, context=ssl.create_default_context())
-        else:
-            client = smtplib.SMTP(host, port, timeout=timeout)
+        client = smtp_client(host, port, tls, timeout, allowlist)
         with client:
             client.ehlo()
             if tls == "starttls":
@@ -312,6 +347,8 @@ def _send_email(dest: Destination, message: Message, timeout: float) -> str:
     except smtplib.SMTPResponseException as e:
         raise DeliveryFailed(f"SMTP server {where} answered {e.smtp_code} {_smtp_text(e.smtp_error)}",
                              400 <= e.smtp_code < 500)
+    except netguard.Unresolved as e:
+        raise DeliveryFailed(f"SMTP server {where}: {e.message}", retryable=True)
     except (smtplib.SMTPException, OSError) as e:
         raise DeliveryFailed(f"Could not send through SMTP server {where}: {e or type(e).__name__}", retryable=True)
     if refused:
