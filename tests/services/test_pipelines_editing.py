@@ -219,6 +219,9 @@ def test_layout_of_a_cycle_draft_does_not_fail():
 
 
 def test_advanced_config_uses_ids_and_ansflow_keys(pipeline):
+    from webapp.services.accounts import create_user
+
+    create_user("alice", "correct-horse-battery", "approver")  # listed approvers must exist (approver_check)
     deploy, build = step(pipeline, "deploy"), step(pipeline, "build")
     saved = svc.update_advanced_config(pipeline, deploy, {
         "dependencies": [build.id], "approval_required": True, "approval_users": ["alice"],

@@ -1,6 +1,8 @@
-"""Approvals endpoints (/api/v1): list and read requests with their audit, respond, approve a step,
-open a request for a waiting step. Refusals: 403 (not an approver / own request), 409 (not pending,
-second decision, execution over, lost a race), 404, 422."""
+"""Approvals endpoints (/api/v1): list and read requests with their audit and the run's `context`,
+respond, approve a step, open a request for a waiting step. Refusals: 403 (not an approver / own
+request), 409 (not pending, second decision, execution over, lost a race), 404, 422 (bad input; and an
+approval while steps of the run failed without `confirm_failures: true`, fields.confirm_failures
+naming them: the body lacks a field this state requires, nothing changed)."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,6 +34,14 @@ def _json_body() -> dict:
     if not isinstance(data, dict):
         raise ValidationError("Send a JSON object body.", {"body": "expected a JSON object"})
     return data
+
+
+def _confirm_failures(data: dict) -> bool:
+    value = data.get("confirm_failures", False)
+    if not isinstance(value, bool):
+        raise ValidationError("confirm_failures must be true or false.",
+                              {"confirm_failures": "confirm_failures must be true or false."})
+    return value
 
 
 def _decision_response(outcome: svc.Outcome):
@@ -86,8 +96,9 @@ def respond_approval_request(request_id: int):
     comment = data.get("comment") or ""
     if not isinstance(comment, str):
         raise ValidationError("The comment must be text.", {"comment": "comment must be a string."})
+    confirm = _confirm_failures(data)
     try:
-        return _decision_response(svc.respond(request_id, current_user, action, comment))
+        return _decision_response(svc.respond(request_id, current_user, action, comment, confirm))
     except (svc.NotFound, svc.Forbidden, svc.Conflict) as e:
         return _refused(e)
 
@@ -102,8 +113,9 @@ def approve_step(execution_id: str, step_id: int):
     comment = data.get("comment") or ""
     if not isinstance(comment, str):
         raise ValidationError("The comment must be text.", {"comment": "comment must be a string."})
+    confirm = _confirm_failures(data)
     try:
-        return _decision_response(svc.approve_step(execution_id, step_id, current_user, approved, comment))
+        return _decision_response(svc.approve_step(execution_id, step_id, current_user, approved, comment, confirm))
     except (svc.NotFound, svc.Forbidden, svc.Conflict) as e:
         return _refused(e)
 
@@ -133,7 +145,8 @@ def _doc(summary: str, *, ok: int = 200, body: dict[str, Any] | None = None, par
     text = {403: "Not an approver of this request, or the requester approving their own request",
             404: "No such request, execution or step",
             409: "Refused: not pending, already decided, execution over, or lost a race (nothing changed)",
-            422: "Invalid input"}
+            422: "Invalid input, or an approval while steps of the run failed without confirm_failures: true "
+                 "(fields.confirm_failures names them; nothing changed)"}
     for code in refusals:
         op["responses"][str(code)] = {"description": text[code], "content": {"application/json": {"schema": ERROR}}}
     return op
@@ -147,10 +160,13 @@ def _query(name: str, type_: str, description: str) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": {"type": type_}, "description": description}
 
 
+_CONFIRM = {"type": "boolean", "default": False,
+            "description": "Required (true) to approve while a step of the run failed: context.failed_steps lists them"}
 _DECISION = {"type": "object", "required": ["action"], "properties": {
-    "action": {"type": "string", "enum": ["approve", "reject"]}, "comment": {"type": "string", "maxLength": 4000}}}
+    "action": {"type": "string", "enum": ["approve", "reject"]}, "comment": {"type": "string", "maxLength": 4000},
+    "confirm_failures": _CONFIRM}}
 _APPROVE = {"type": "object", "required": ["approved"], "properties": {
-    "approved": {"type": "boolean"}, "comment": {"type": "string", "maxLength": 4000}}}
+    "approved": {"type": "boolean"}, "comment": {"type": "string", "maxLength": 4000}, "confirm_failures": _CONFIRM}}
 _CREATE = {"type": "object", "required": ["execution_id", "step_id"], "properties": {
     "execution_id": {"type": "string"}, "step_id": {"type": "integer"},
     "approvers": {"type": "array", "items": {"type": "string"}, "description": "usernames or role:NAME"},
@@ -170,10 +186,10 @@ register(f"{PREFIX}/approval-requests/{{id}}/", "get", _doc(
     "An approval request with who asked, who was asked, every decision and the outcome",
     params=[_path("id")], refusals=(404,)))
 register(f"{PREFIX}/approval-requests/{{id}}/respond/", "post", _doc(
-    "Approve or reject an approval request", body=_DECISION, params=[_path("id")], refusals=(403, 404, 409)))
+    "Approve or reject an approval request", body=_DECISION, params=[_path("id")], refusals=(403, 404, 409, 422)))
 register(f"{PREFIX}/pipelines/executions/{{execution_id}}/steps/{{step_id}}/approve/", "post", _doc(
     "Approve (approved: true) or reject the approval request of a step's latest attempt", body=_APPROVE,
-    params=[_path("execution_id", "string"), _path("step_id")], refusals=(403, 404, 409)))
+    params=[_path("execution_id", "string"), _path("step_id")], refusals=(403, 404, 409, 422)))
 register(f"{PREFIX}/pipelines/approval-requests/", "post", _doc(
-    "Open an approval request for a step that waits for approval without one", ok=201, body=_CREATE,
-    refusals=(404, 409)))
+    "Open an approval request for a step that waits for approval without one (approvers must exist, "
+    "and be enough for required_approvals)", ok=201, body=_CREATE, refusals=(404, 409)))

@@ -52,3 +52,36 @@ def authenticate(username: str, password: str) -> User | None:
     if user is None or not user.active or not user.check_password(password or ""):
         return None
     return user
+
+
+class StillNeeded(ValidationError):
+    """Deactivating this user would leave gates unable to reach their quorum (the CLI's --force overrides)."""
+
+    def __init__(self, username: str, gates: list[str]):
+        listing = "; ".join(gates)
+        super().__init__(f"{username} is needed to approve: {listing}. Change those approver lists first, "
+                         f"or deactivate anyway with --force (admins can still decide those gates).",
+                         {"username": listing})
+        self.gates = gates
+
+
+def deactivate_user(username: str, force: bool = False) -> list[str]:
+    """Deactivate an account: no sign-in, no API token, no approvals; its history keeps its name
+    (AnsFlow never deletes users, as GitLab's admins deactivate or block rather than delete).
+
+    Refused (StillNeeded, naming each pipeline and step) when some saved gate or pending request
+    could no longer reach its quorum without this user, unless `force`. Returns those gates."""
+    from .approver_check import gates_relying_on
+
+    user = db.session.execute(select(User).filter_by(username=username or "")).scalar_one_or_none()
+    if user is None:
+        raise ValidationError("No such user.", {"username": f"There is no user named '{username}'."})
+    if not user.active:
+        return []
+    gates = gates_relying_on(user.username)
+    if gates and not force:
+        db.session.rollback()
+        raise StillNeeded(user.username, gates)
+    user.active = False
+    db.session.commit()
+    return gates

@@ -11,6 +11,12 @@ Rules
   everyone else gets a Conflict (HTTP 409) and nothing changes. Decisions lock the request row first
   (SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE) so the quorum count is never stale.
 - At ``expires_at``: approved when ``auto_approve_on_timeout``, else ``timed_out`` and the step fails.
+- Approving while a step of the run failed needs the approver's acknowledgement (``confirm_failures``;
+  refused otherwise with NeedsConfirmation, HTTP 422): the gate may still be meant to open (its rule
+  is ``always``, or the failure is in a branch it does not depend on), but nobody approves it blind.
+- A pending request whose execution ends failed or cancelled, or whose attempt is cancelled (cancel,
+  fail_fast, a group timeout), is ``cancelled`` with the reason in ``outcome_reason``, and its
+  approvers get ``approval_cancelled`` (routed where ``approval_required`` goes).
 """
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ from ..models import (
     ApprovalDecision, ApprovalRequest, Pipeline, PipelineStep, StepExecutionHistory, User, WorkflowExecution,
     utcnow,
 )
-from ..models.user import ROLES
 from .accounts import ValidationError
+from .approval_context import approval_context, failed_steps
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,20 @@ class Forbidden(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class NeedsConfirmation(ValidationError):
+    """An approval while steps of the run failed, without the approver saying they saw it. HTTP 422."""
+
+    def __init__(self, failed: list[str], seen: int | None = None):
+        n = len(failed)
+        what = f"{n} step{'s' if n != 1 else ''} failed in this run ({', '.join(failed)})"
+        if seen:
+            message = f"Since you looked, more steps failed: {what}. Look again and confirm to approve."
+        else:
+            message = f"{what}. Confirm that you have seen it to approve."
+        super().__init__(message, {"confirm_failures": message})
+        self.failed = failed
 
 
 class NotFound(LookupError):
@@ -272,31 +292,48 @@ def _emit(notifications, req: ApprovalRequest, event: str, more: dict) -> None:
         "message": req.approval_message,
         "expires_at": req.expires_at.isoformat() + "Z" if req.expires_at else None,
         "auto_approve_on_timeout": req.auto_approve_on_timeout,
+        **({"context": approval_context(req)} if event in ("approval_required", "approval_reminder") else {}),
         **more,
     })
 
 
-def cancel_for_execution(execution_pk: int) -> int:
-    """Cancel the pending requests of an execution (inside the caller's cancel transaction)."""
+def cancel_for_execution(execution: WorkflowExecution | int, reason: str = "execution cancelled",
+                         after: list | None = None, attempt_id: int | None = None) -> int:
+    """Cancel the pending requests of an execution (or of one of its attempts) with `reason`, inside
+    the caller's transaction. With `after` (the runtime's after-commit list) their approvers are
+    told (approval_cancelled) once it committed. Returns how many requests this call cancelled."""
+    execution_pk = execution if isinstance(execution, int) else execution.id
+    asked = "" if isinstance(execution, int) else (execution.status_reason or "")
+    if reason == "execution cancelled" and asked.startswith("cancel requested by"):  # say who asked
+        reason = f"{reason} ({asked})"
     now = utcnow()
-    pending = db.session.execute(
-        select(ApprovalRequest.id, ApprovalRequest.step_id).where(
-            ApprovalRequest.execution_id == execution_pk, ApprovalRequest.status == PENDING)
-    ).all()
-    changed = 0
-    for rid, step_id in pending:
+    q = select(ApprovalRequest.id, ApprovalRequest.step_id).where(
+        ApprovalRequest.execution_id == execution_pk, ApprovalRequest.status == PENDING)
+    if attempt_id is not None:
+        q = q.where(ApprovalRequest.attempt_id == attempt_id)
+    cancelled = []
+    for rid, step_id in db.session.execute(q).all():
         res = db.session.execute(
             update(ApprovalRequest)
             .where(ApprovalRequest.id == rid, ApprovalRequest.status == PENDING)
-            .values(status="cancelled", decided_at=now, outcome_reason="execution cancelled")
+            .values(status="cancelled", decided_at=now, outcome_reason=reason)
             .execution_options(synchronize_session=False)
         )
         if res.rowcount:
-            changed += 1
+            cancelled.append(rid)
             _mirror_step(step_id, "cancelled", None, now)
-    if changed:
-        db.session.expire_all()
-    return changed
+    if cancelled and after is not None:
+        after.append(lambda: on_cancelled(cancelled))
+    return len(cancelled)
+
+
+def on_cancelled(request_ids: list[int]) -> None:
+    """After the cancelling commit: tell each request's approvers why it closed."""
+    for rid in request_ids:
+        req = db.session.get(ApprovalRequest, rid)
+        if req is not None:
+            db.session.refresh(req)
+            _notify(req, "approval_cancelled", status="cancelled", reason=req.outcome_reason)
 
 
 # ---------------------------------------------------------------- decisions
@@ -309,11 +346,20 @@ class Outcome:
     changed: bool  # True when this decision settled the request
 
 
-def decide(request_id: int, user: User, action: str, comment: str = "") -> Outcome:
+def _confirmed(confirm: bool | int | None, failed: int) -> bool:
+    """True: the approver confirmed whatever failed; a number: they saw that many failures."""
+    if confirm is True:
+        return True
+    return isinstance(confirm, int) and not isinstance(confirm, bool) and confirm >= failed
+
+
+def decide(request_id: int, user: User, action: str, comment: str = "",
+           confirm_failures: bool | int | None = None) -> Outcome:
     """Record `user`'s decision; settle the request when it reaches quorum or is a rejection.
 
-    Raises NotFound, ValidationError (bad action), Forbidden (not an approver / own request),
-    Conflict (not pending, execution over, second decision, lost a race).
+    Raises NotFound, ValidationError (bad action), NeedsConfirmation (an approval while steps of
+    the run failed, not confirmed), Forbidden (not an approver / own request), Conflict (not
+    pending, execution over, second decision, lost a race).
     """
     action = (action or "").strip().lower()
     if action not in ACTIONS:
@@ -333,6 +379,10 @@ def decide(request_id: int, user: User, action: str, comment: str = "") -> Outco
         if req.execution is not None:
             db.session.refresh(req.execution)
         check_decision(req, user, action)
+        if action == "approve" and req.execution_id is not None:
+            failed = failed_steps(req.execution_id, req.step_id)
+            if failed and not _confirmed(confirm_failures, len(failed)):
+                raise NeedsConfirmation(failed, confirm_failures if isinstance(confirm_failures, int) else None)
         now = utcnow()
         decision = ApprovalDecision(
             request_id=req.id, username=username, decision=action, comment=comment,
@@ -428,9 +478,10 @@ def _after_settled(req: ApprovalRequest, by: str | None) -> None:
     _notify(req, "approval_decided", status=req.status, by=by, reason=req.outcome_reason)
 
 
-def respond(request_id: int, user: User, action: str, comment: str = "") -> Outcome:
+def respond(request_id: int, user: User, action: str, comment: str = "",
+            confirm_failures: bool | int | None = None) -> Outcome:
     """The API's respond endpoint and the inbox buttons."""
-    return decide(request_id, user, action, comment)
+    return decide(request_id, user, action, comment, confirm_failures)
 
 
 def request_for_step(execution_key: str, step_id: int) -> ApprovalRequest:
@@ -445,10 +496,11 @@ def request_for_step(execution_key: str, step_id: int) -> ApprovalRequest:
     return req
 
 
-def approve_step(execution_key: str, step_id: int, user: User, approved: bool, comment: str = "") -> Outcome:
+def approve_step(execution_key: str, step_id: int, user: User, approved: bool, comment: str = "",
+                 confirm_failures: bool | int | None = None) -> Outcome:
     """POST /pipelines/executions/{execution_id}/steps/{step_id}/approve/ with {approved, comment}."""
     req = request_for_step(execution_key, step_id)
-    return decide(req.id, user, "approve" if approved else "reject", comment)
+    return decide(req.id, user, "approve" if approved else "reject", comment, confirm_failures)
 
 
 def _find_execution(key: Any) -> WorkflowExecution:
@@ -481,10 +533,6 @@ def create_request(data: Any, user: User) -> ApprovalRequest:
     approvers = data.get("approvers")
     if approvers is not None and (not isinstance(approvers, list) or not all(isinstance(a, str) and a.strip() for a in approvers)):
         errors["approvers"] = "approvers must be a list of usernames or role:NAME entries."
-    elif approvers:
-        bad_roles = [a for a in approvers if a.startswith("role:") and a[5:] not in ROLES]
-        if bad_roles:
-            errors["approvers"] = f"Unknown role in {', '.join(bad_roles)} (roles: {', '.join(ROLES)})."
     n = data.get("required_approvals")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         errors["required_approvals"] = "required_approvals must be a whole number >= 1."
@@ -500,6 +548,13 @@ def create_request(data: Any, user: User) -> ApprovalRequest:
     step = next((s for s in (execution.pipeline_snapshot or {}).get("steps", []) if s.get("id") == step_id), None)
     if step is None:
         raise NotFound(f"Execution {execution.execution_id} has no step {step_id}.")
+    from .approver_check import list_errors
+
+    problems = list_errors(approvers or step.get("approval_users") or [],
+                           data.get("required_approvals") or _approval_config(step).get("required_approvals") or 1,
+                           "approvers", "required_approvals")
+    if problems:
+        raise ValidationError("The approval request was not created.", problems)
     begin_locked(execution.id)  # serialised with advance: the attempt cannot move under us
     attempt = db.session.execute(
         select(StepExecutionHistory).where(StepExecutionHistory.execution_id == execution.id,
@@ -763,6 +818,7 @@ def to_dict(req: ApprovalRequest, user: User | None = None) -> dict[str, Any]:
         "seconds_left": int(left.total_seconds()) if left is not None else None,
         "decided_at": _iso(req.decided_at),
         "outcome_reason": req.outcome_reason,
+        "context": approval_context(req),
         "decisions": [
             {"username": d.username, "decision": d.decision, "comment": d.comment, "as_admin": d.as_admin, "at": _iso(d.at)}
             for d in req.decisions

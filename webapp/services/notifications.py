@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 EXECUTION_EVENTS = ("started", "success", "failed", "cancelled", "fixed", "regression")
 STEP_EVENTS = ("step_success", "step_failed", "retrying", "timed_out", "approval_required", "approval_decided")
 EVENTS = EXECUTION_EVENTS + STEP_EVENTS
-ALIASES = {"approval_reminder": "approval_required"}   # a reminder goes where approval_required goes
+# a reminder, and the news that a request was cancelled, go where approval_required goes
+ALIASES = {"approval_reminder": "approval_required", "approval_cancelled": "approval_required"}
 CONFIG_KEYS = ("enabled", "on_success", "on_failure", "on_approval_required", "events", "channels", "recipients",
                "webhook_url", "message_template", "subject_template")
 FINAL_STATES = ("delivered", "failed", "refused")

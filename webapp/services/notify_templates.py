@@ -36,6 +36,8 @@ EVENT_LABELS = {
     "timed_out": "Step timed out",
     "approval_required": "Approval required",
     "approval_decided": "Approval decided",
+    "approval_reminder": "Approval reminder",
+    "approval_cancelled": "Approval cancelled",
     "step": "Notification step",
     "test": "Test message",
 }
@@ -51,7 +53,11 @@ DEFAULT_SUBJECTS = {
     "step_failed": "[AnsFlow] {{ pipeline }}: step {{ step.name }} failed",
     "retrying": "[AnsFlow] {{ pipeline }}: step {{ step.name }} failed, retrying",
     "timed_out": "[AnsFlow] {{ pipeline }}: step {{ step.name }} timed out",
-    "approval_required": "[AnsFlow] Approval needed: {{ step.name }} in {{ pipeline }}",
+    # reminders and cancellations are routed (and so rendered) as approval_required: `event` tells them apart
+    "approval_required": "[AnsFlow] {% if event == 'approval_cancelled' %}Approval cancelled{% elif event == "
+                         "'approval_reminder' %}Reminder: approval needed{% else %}Approval needed{% endif %}: "
+                         "{{ step.name }} in {{ pipeline }}"
+                         "{% if approval.context.failed_count %} ({{ approval.context.failed_count }} failed){% endif %}",
     "approval_decided": "[AnsFlow] {{ step.name }} in {{ pipeline }} was {{ approval.decision or status }}",
     "step": "[AnsFlow] {{ pipeline }}: {{ step.name }}",
     "test": "[AnsFlow] Test message",
@@ -73,8 +79,32 @@ Request:   {{ approval.message }}
 {%- if approval.approvers %}
 Approvers: {{ approval.approvers | join(', ') }}
 {%- endif %}
-{%- if approval.decided_by %}
+{%- if event == 'approval_cancelled' %}
+Cancelled: {{ approval.reason }} (nothing left to decide)
+{%- elif approval.decided_by %}
 Decided by {{ approval.decided_by }}{% if approval.comment or approval.reason %}: {{ approval.comment or approval.reason }}{% endif %}
+{%- endif %}
+{%- if approval.context.available %}{% set c = approval.context %}
+Started:   {{ c.execution.started_at_text }} by {{ c.execution.started_by or 'system' }} ({{ c.execution.trigger_type }})
+Run:       {{ c.run.summary }}
+{%- if c.upstream %}
+Upstream:
+{%- for s in c.upstream %}
+  - {{ s.name }}: {{ s.status_label }}{% if s.reason %} ({{ s.reason }}){% endif %}
+{%- endfor %}
+{%- endif %}
+{%- for s in c.elsewhere_failed %}
+Failed elsewhere: {{ s.name }}{% if s.reason %} ({{ s.reason }}){% endif %}
+{%- endfor %}
+{%- if c.variables %}
+Variables: {% for v in c.variables %}{{ v.name }}={{ v.value }}{% if not loop.last %}, {% endif %}{% endfor %}
+{%- endif %}
+{%- if c.trigger %}
+Trigger:   {% for v in c.trigger %}{{ v.name }}={{ v.value }}{% if not loop.last %}, {% endif %}{% endfor %}
+{%- endif %}
+{%- if c.warning %}
+WARNING:   {{ c.warning }} Approving asks you to confirm it.
+{%- endif %}
 {%- endif %}
 {%- if duration %}
 Duration:  {{ duration }}

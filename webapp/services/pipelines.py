@@ -33,6 +33,7 @@ from ..models import ParallelGroup, Pipeline, PipelineStep, PipelineToolMapping,
 from ..models.pipeline import STEP_TYPES, SYNC_POLICIES
 from ..runners.params import validate_parameters
 from .accounts import ValidationError
+from .approver_check import step_errors as approver_errors
 
 STEP_FIELDS = {
     "name", "type", "step_type", "order", "parameters", "depends_on", "parallel_group", "conditions",
@@ -72,8 +73,6 @@ def _approval_errors(approval: Any, prefix: str) -> dict[str, str]:
     n = approval.get("required_approvals", 1)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         errors[f"{prefix}.required_approvals"] = "required_approvals must be at least 1."
-    elif isinstance(users, list) and users and not any(u.startswith("role:") for u in users) and n > len(users):
-        errors[f"{prefix}.required_approvals"] = f"required_approvals ({n}) is more than the {len(users)} listed approvers."
     for key in ("timeout_hours", "reminder_hours"):
         v = approval.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
@@ -163,6 +162,8 @@ def validate_definition(data: Any, *, existing: Pipeline | None = None, cap: int
         for k, msg in validate_policy(s.get("retry_policy"), cap=cap).items():
             errors[f"{p}.retry_policy.{k}"] = msg
         errors.update(_approval_errors(s.get("approval"), f"{p}.approval"))
+        for k, msg in approver_errors(s, f"{p}.approval").items():  # who exists, and enough of them
+            errors.setdefault(k, msg)
         _int_or_none(s.get("timeout_seconds"), f"{p}.timeout_seconds", errors, 1, 7 * 24 * 3600)
         errors.update(_notification_errors(s.get("notification_config"), f"{p}.notification_config"))
         est = s.get("estimated_duration")

@@ -12,6 +12,7 @@ from werkzeug.routing import BuildError
 
 from ..security import has_role, role_required
 from ..services import approvals as svc
+from ..services.approval_context import approval_context
 from ..services.accounts import ValidationError
 from .render import is_partial_request, render
 
@@ -62,23 +63,28 @@ def detail(request_id: int):
 def decide(request_id: int):
     action = request.form.get("action", "")
     comment = request.form.get("comment", "")
+    # the checkbox's value is how many failed steps the approver saw (the service compares it to now)
+    seen = request.form.get("confirm_failures", "")
+    confirm = int(seen) if seen.isdigit() else None
     view = request.form.get("view", "row")
-    message = error = None
+    message = error = error_field = None
     if action == "reject" and not comment.strip():
         error = "Say why you reject: your comment becomes the step's error message."
     else:
         try:
-            outcome = svc.decide(request_id, current_user, action, comment)
+            outcome = svc.decide(request_id, current_user, action, comment, confirm)
             message = _done_message(outcome)
         except svc.NotFound:
             abort(404)
         except (svc.Conflict, svc.Forbidden, ValidationError) as e:
             error = e.message
+            error_field = "confirm_failures" if isinstance(e, svc.NeedsConfirmation) else None
     if not is_partial_request():
         flash(error or message, "error" if error else "success")
         return redirect(_safe_next(request.form.get("next"), request_id), code=303)
     req = svc.get_request(request_id)
-    ctx = {"row_message": message, "row_error": error, "row_comment": comment if error else ""}
+    ctx = {"row_message": message, "row_error": error, "row_comment": comment if error else "",
+           "row_error_field": error_field}
     if view == "gate":
         resp = make_response(render_template("approvals/_gate.html", request=req, **ctx))
         resp.headers["Vary"] = "HX-Request"
@@ -115,6 +121,7 @@ def approval_view(req, user) -> dict:
     reject_refusal = svc.refusal(req, user, "reject") if user.is_authenticated else "Sign in to decide."
     mine = next((d for d in req.decisions if user.is_authenticated and d.username == user.username), None)
     return {
+        "context": approval_context(req),
         "approvals": approvals,
         "required": req.required_approvals,
         "rejections": sum(1 for d in req.decisions if d.decision == "reject"),
