@@ -1,5 +1,6 @@
 """In Chromium: a maintainer runs a pipeline from the run form, watches the timeline and the log
-update live until success without reloading, then opens the dashboard."""
+update live until success without reloading, then opens the dashboard; Cancel asks first, and a
+cancelled run says which steps did not run."""
 from __future__ import annotations
 
 import re
@@ -58,3 +59,38 @@ def test_run_and_watch_live_then_dashboard(page, live_server, workers, users):
     expect(page.locator("#stat-total")).to_have_text("1")
     expect(page.locator("#stat-success-rate")).to_have_text("100.0%")
     assert page.locator(".db-pipelines").get_by_role("link", name="demo").count() == 1
+
+
+def test_cancel_asks_first_and_the_cancelled_run_says_what_did_not_run(page, live_server, workers, users):
+    workers(1)
+    p = save_definition({"name": "slow", "steps": [
+        {"name": "sleepy", "parameters": {"command": "echo started; sleep 60"}},
+        {"name": "after", "parameters": {"command": "echo never"}},
+    ]}, owner=users["maintainer"])
+    from webapp.services import executions as svc
+
+    e = svc.start(p)
+    browser_login(page, "maintainer1")
+    page.goto(f"/executions/{e.execution_id}")
+    expect(page.locator('.ex-step[data-step="sleepy"] pre.log')).to_contain_text("started", timeout=20000)
+
+    answers = []
+
+    def answer(dialog):
+        answers.append(dialog.message)
+        dialog.dismiss() if len(answers) == 1 else dialog.accept()
+
+    page.on("dialog", answer)
+    page.locator("#cancel-execution").click()  # dismissed: nothing happens
+    expect(page.locator("#execution-status")).to_have_text("running")
+    assert answers and answers[0].startswith("Cancel this execution?")
+    assert page.url.endswith(f"/executions/{e.execution_id}")  # no GET confirm page with JS
+
+    page.locator("#cancel-execution").click()  # accepted
+    expect(page.locator("#execution-status")).to_have_text("cancelled", timeout=30000)
+    expect(page.locator("#execution-not-run")).to_have_text("1 not run")
+    expect(page.locator("progress.ex-progress-cancelled")).to_have_count(1)
+    after = page.locator('.ex-step[data-step="after"]')
+    expect(after.locator(".ex-step-head .pill")).to_have_text("not run")
+    expect(after.get_by_role("button")).to_have_count(0)
+    expect(page.locator('.ex-step[data-step="sleepy"]').get_by_role("button", name="Retry step")).to_have_count(1)
