@@ -622,7 +622,9 @@ _JOB_CONTEXT: dict[tuple[str, int], Any] = {}
 def job_context(execution_pk: int):
     """What a step job needs of its execution (id, variables, trigger, secret names).
 
-    These never change during an execution, so each worker process reads them once.
+    These never change during an execution, so each worker process reads them once. Keyed by
+    the primary key, which is never handed to another execution (AUTOINCREMENT, migration 0004);
+    the definition is then found by the immutable execution_id (frozen_of).
     """
     key = (str(db.engine.url), execution_pk)
     found = _JOB_CONTEXT.get(key)
