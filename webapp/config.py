@@ -55,6 +55,8 @@ class Config:
         self.MAX_RETRIES_CAP = int(os.environ.get("ANSFLOW_MAX_RETRIES_CAP", "10"))
         self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))
         self.RECONCILE_SECONDS = int(os.environ.get("ANSFLOW_RECONCILE_SECONDS", "15"))
+        # a queued attempt whose job RQ will not run is re-queued once it has waited this long
+        self.RECONCILE_QUEUED_GRACE_SECONDS = float(os.environ.get("ANSFLOW_RECONCILE_QUEUED_GRACE_SECONDS", "10"))
         # After a step, a worker runs the next step itself (the head of the step queue, or a successor its
         # step unlocks when the queues are empty) instead of going back to RQ (tasks.steps._next_work)
         self.INLINE_SUCCESSORS = os.environ.get("ANSFLOW_INLINE_SUCCESSORS", "1") not in ("0", "false", "no")

@@ -14,14 +14,42 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "ansflow:reconcile:lock"
 
 
-def reconcile_once(app: Flask) -> dict | None:
+def job_alive(job_id: str, conn) -> bool:
+    """Whether RQ will still run this job. The database is the truth: a queued attempt whose job is
+    missing (a Redis restart), or failed, stopped, finished or cancelled (a worker took it while the
+    database was down and its claim failed: RQ keeps such a job in its failed registry for a day)
+    is re-queued; the claim is conditional, so a duplicate run cannot happen."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) not in (
+        JobStatus.FAILED, JobStatus.STOPPED, JobStatus.FINISHED, JobStatus.CANCELED)
+
+
+def requeue_dead(attempt_id: int, conn) -> None:
+    """Drop what is left of the attempt's old job (its record, its registry entries), then enqueue it again."""
+    from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
+    from ..queues import step_job_id
+    from .steps import requeue_attempt
+
+    try:
+        Job.fetch(step_job_id(attempt_id), connection=conn).delete()
+    except NoSuchJobError:
+        pass
+    requeue_attempt(attempt_id)
+
+
+def reconcile_once(app: Flask) -> dict | None:
     from ..extensions import db
     from ..queues import redis_conn
     from ..services import executions as svc
     from ..services import approvals, notifications
-    from .steps import requeue_attempt
 
     with app.app_context():
         conn = redis_conn()
@@ -31,8 +59,9 @@ def reconcile_once(app: Flask) -> dict | None:
         try:
             report = svc.reconcile(
                 app.config["HEARTBEAT_SECONDS"],
-                job_exists=lambda job_id: Job.exists(job_id, connection=conn),
-                requeue=requeue_attempt,
+                queued_grace=app.config["RECONCILE_QUEUED_GRACE_SECONDS"],
+                job_exists=lambda job_id: job_alive(job_id, conn),
+                requeue=lambda attempt_id: requeue_dead(attempt_id, conn),
             )
             report["deliveries"] = notifications.reconcile_deliveries()
             report["approvals"] = approvals.sweep()  # expiries whose scheduled job was lost
