@@ -193,3 +193,54 @@ def test_race_50_decisions_and_the_timeout_run_the_step_once(app, workers, users
     assert len({d.username for d in final.decisions}) == len(final.decisions) <= 3
     assert runs(out) == ["ran 1"]
     assert [a.status for a in deploy_attempts(execution)] == ["success"]
+
+
+def cancelled_deliveries(execution):
+    from webapp.models import NotificationDelivery
+
+    fresh()
+    return db.session.execute(db.select(NotificationDelivery).filter_by(
+        execution_id=execution.id, event="approval_cancelled")).scalars().all()
+
+
+NOTIFY = {"on_approval_required": True, "webhook_url": "http://127.0.0.1:9/hook"}
+
+
+def test_a_cancel_closes_the_request_with_who_asked_and_tells_the_approvers(workers, users, tmp_path):
+    workers(1)
+    execution, out = run(users, tmp_path, {"users": ["approver1"], "required_approvals": 1},
+                         name="cancelled gate", notification_config=NOTIFY)
+    req = gate_request(execution)
+    fresh()
+    executions.cancel(db.session.get(WorkflowExecution, execution.id), users["maintainer"])
+    finished(execution)
+    fresh()
+    req = db.session.get(ApprovalRequest, req.id)
+    assert (req.status, req.outcome_reason) == ("cancelled", "execution cancelled (cancel requested by maintainer1)")
+    [row] = wait_for(lambda: cancelled_deliveries(execution), message="the approval_cancelled notification")
+    assert "Cancelled: execution cancelled (cancel requested by maintainer1)" in row.body
+    assert runs(out) == []
+
+
+def test_a_fail_fast_group_cancels_its_waiting_gate(workers, users, tmp_path):
+    """The gate waits inside a fail_fast group; a sibling fails: the group cancels the gate, the request
+    closes with the group's reason (the execution is over, nobody is left deciding), approvers are told."""
+    workers(1)
+    pipeline = save_definition({"name": "fail fast gate", "notification_config": NOTIFY,
+                                "groups": [{"id": "checks", "name": "Checks", "sync_policy": "fail_fast"}],
+                                "steps": [
+        {"name": "build", "type": "shell", "parameters": {"command": "echo build"}},
+        {"name": "sign-off", "type": "approval", "parallel_group": "checks",
+         "approval": {"users": ["approver1"], "required_approvals": 1}},
+        {"name": "unit", "type": "shell", "parallel_group": "checks", "parameters": {"command": "exit 3"}},
+    ]}, owner=users["maintainer"])
+    execution = executions.start(pipeline, trigger_data={}, variables={}, user=users["maintainer"])
+    e = finished(execution)
+    assert e.status == "failed"
+    fresh()
+    [req] = db.session.execute(db.select(ApprovalRequest).filter_by(execution_id=execution.id)).scalars().all()
+    assert (req.status, req.outcome_reason) == ("cancelled", "fail_fast: unit failed")
+    [row] = wait_for(lambda: cancelled_deliveries(execution), message="the approval_cancelled notification")
+    assert "Cancelled: fail_fast: unit failed" in row.body
+    with pytest.raises(svc.Conflict):
+        svc.decide(req.id, users["approver"], "approve")
