@@ -356,3 +356,15 @@ def test_log_cap_keeps_the_tail_and_says_how_much_was_cut(make_ctx):
     cut = int(first.split()[1])
     assert cut + len(rest.encode()) == total
     assert rest.endswith("99999\n100000\n")
+
+
+def test_outputs_never_follow_a_link_the_step_planted(isolated, tmp_path):
+    """The worker reads outputs through O_NOFOLLOW descriptors: a step that turns .ansflow into
+    a link to a server directory gets nothing of it back."""
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "build.7.out").write_text("LEAK=server-secret\n")
+    command = f'rm -rf .ansflow && ln -s {server} .ansflow || true'
+    r = shell.run(isolated(parameters={"command": command}))
+    assert r.status == "success" and r.outputs == {}
+    assert (server / "build.7.out").read_text() == "LEAK=server-secret\n"
