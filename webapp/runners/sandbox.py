@@ -24,6 +24,7 @@ workers on one machine never hand out one uid twice) and read back from the work
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -117,6 +118,8 @@ def user_problem(workspace_root: Path | None) -> str | None:
     """Why steps cannot run as their own uid here (None when they can)."""
     if os.geteuid() != 0:
         return "the worker is not root, so it cannot switch users"
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is missing"
     if workspace_root is not None:
         blocked = _untraversable_ancestor(Path(workspace_root))
         if blocked is not None:
@@ -277,7 +280,11 @@ def _chown_tree(top: Path, uid: int) -> None:
 # -- the command line -------------------------------------------------------------------------
 
 def _wrap(self: Sandbox, argv: list[str], workspace: Path, uid: int | None, bind_workspace: bool = True) -> list[str]:
-    """argv as the sandbox runs it (the worker's own argv for user and none: see popen_user)."""
+    """argv as the sandbox runs it."""
+    if self.level == USER and uid is not None:
+        # setpriv rather than Popen(user=...): Python forks (instead of vfork) to switch users
+        # itself, and copying the worker's page tables costs more than exec'ing setpriv
+        return _setpriv(uid) + list(argv)
     if self.level != BWRAP:
         return list(argv)
     args = ["bwrap", "--die-with-parent"]
@@ -287,8 +294,29 @@ def _wrap(self: Sandbox, argv: list[str], workspace: Path, uid: int | None, bind
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     else:
         args += ["--unshare-all", "--share-net", "--unshare-user", "--disable-userns"]
+    system, bound = _system_view(self.masked)
+    args += system
+    if bind_workspace:
+        # The directories bwrap makes on the way to the workspace would copy the host's modes
+        # (a 0700 one would stop the step's uid): searchable, not listable.
+        for parent in reversed(Path(workspace).parents):
+            p = str(parent)
+            if p not in ("/", IN_SANDBOX_TMP) and not any(p == b or p.startswith(b + "/") for b in bound):
+                args += ["--perms", "0711", "--dir", p]
+        args += ["--bind", str(workspace), str(workspace), "--chdir", str(workspace)]
+    if uid is not None:
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"] + _setpriv(uid)
+    else:
+        args.append("--")
+    return args + list(argv)
+
+
+@functools.lru_cache(maxsize=8)
+def _system_view(masked: tuple[str, ...]) -> tuple[list[str], tuple[str, ...]]:
+    """bwrap's arguments for the read-only system and the private /dev, /proc and /tmp, and the
+    host directories bound (the host's layout is read once per process, not per step)."""
     bound = ["/usr", "/etc"]
-    args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    args = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for name in SYSTEM_LINKS:
         host = Path("/") / name
         if host.is_symlink():
@@ -303,35 +331,21 @@ def _wrap(self: Sandbox, argv: list[str], workspace: Path, uid: int | None, bind
     if resolv.is_symlink():   # systemd-resolved: the file lives under /run
         args += ["--ro-bind-try", os.path.realpath(resolv), os.path.realpath(resolv)]
     args += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", IN_SANDBOX_TMP]
-    for path in self.masked:   # server paths under a bound system dir (e.g. /etc/ansflow)
+    for path in masked:   # server paths under a bound system dir (e.g. /etc/ansflow)
         if not any(path.startswith(b + "/") for b in bound):
-            continue               # elsewhere they do not exist in the sandbox at all
+            continue          # elsewhere they do not exist in the sandbox at all
         if os.path.isdir(path):
             args += ["--tmpfs", path]
         elif os.path.exists(path):
             args += ["--ro-bind", "/dev/null", path]
-    if bind_workspace:
-        # The directories bwrap makes on the way to the workspace would copy the host's modes
-        # (a 0700 one would stop the step's uid): searchable, not listable.
-        for parent in reversed(Path(workspace).parents):
-            p = str(parent)
-            if p not in ("/", IN_SANDBOX_TMP) and not any(p == b or p.startswith(b + "/") for b in bound):
-                args += ["--perms", "0711", "--dir", p]
-        args += ["--bind", str(workspace), str(workspace), "--chdir", str(workspace)]
-    if uid is not None:
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                 "--bounding-set=-all", "--no-new-privs"]
-    else:
-        args.append("--")
-    return args + list(argv)
+    return args, tuple(bound)
 
 
-def popen_user(sandbox: Sandbox, uid: int | None) -> dict:
-    """Popen's user/group arguments: only the user level switches there (bwrap switches inside)."""
-    if sandbox.level == USER and uid is not None:
-        return {"user": uid, "group": uid, "extra_groups": []}
-    return {}
+def _setpriv(uid: int) -> list[str]:
+    """Become `uid` (and gid `uid`, no other groups) with no capabilities and no way back up
+    (no_new_privs: setuid binaries do not raise it)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs"]
 
 
 def step_env_overrides(sandbox: Sandbox, workspace: Path) -> dict[str, str]:

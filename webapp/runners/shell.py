@@ -47,6 +47,7 @@ STOP_POLL = 0.2           # seconds between two should_stop() calls
 TICK = 0.05               # supervision loop period
 KILL_GRACE = 3.0          # SIGTERM -> SIGKILL
 REAP_TIMEOUT = 5.0        # how long to wait for the killed group to disappear
+FAST_REAP = 0.05          # seconds a finished group is polled without a /proc scan
 OUTPUT_MAX_BYTES = 64 * 1024
 RESERVED_ENV = ("ANSFLOW_OUTPUT", "ANSFLOW_WORKSPACE")
 
@@ -72,7 +73,7 @@ def run(ctx: StepContext) -> StepResult:
         if name not in static_env:   # the worker's HOME and TMPDIR are not the step's to use
             env[name] = value
     log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
-    if box.level == sandboxes.BWRAP and not os.access(BASH, os.X_OK):
+    if box.level != sandboxes.NONE and not os.access(BASH, os.X_OK):
         return error_result(f"could not start bash: {BASH} is not executable", ctx)
 
     _subreaper_acquire()
@@ -81,7 +82,7 @@ def run(ctx: StepContext) -> StepResult:
             proc = subprocess.Popen(
                 box.wrap([BASH, "-c", command], workspace, uid), cwd=str(workspace), env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                close_fds=True, **sandboxes.popen_user(box, uid),
+                close_fds=True,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return error_result(f"could not start bash: {exc}", ctx)
@@ -366,14 +367,21 @@ def _reap_group(pgid: int, timeout: float) -> None:
     """Wait until the (killed) group is gone, reaping the orphans re-parented to this process.
     Zombies whose parent is someone else (no subreaper support) are left to that parent."""
     me = os.getpid()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    pause = 0.001
     while True:
+        _reap_children_of_group(pgid)   # e.g. bwrap's pid 1, handed to this subreaper as it exits
         try:
             os.killpg(pgid, 0)   # zombies count as members, so ESRCH means nothing is left at all
         except ProcessLookupError:
             return               # the common case: no /proc scan needed
         except PermissionError:
             pass
+        if time.monotonic() - started < FAST_REAP:   # a sandbox's last process ends within ms
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+            continue
         members = _group_members(pgid)
         pids = {pid for pid, _, _ in members}
         waiting = False
@@ -393,6 +401,17 @@ def _reap_group(pgid: int, timeout: float) -> None:
         except (ProcessLookupError, PermissionError):
             pass
         time.sleep(0.01)
+
+
+def _reap_children_of_group(pgid: int) -> None:
+    """Reap every exited child of this process in group `pgid`, without a /proc scan."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
