@@ -33,5 +33,5 @@ def test_seed_demo_is_idempotent_and_complete(app):
     assert any(s.approval_required and (s.approval_config or {}).get("required_approvals") == 2
                and len(s.approval_users) == 3 for s in steps)
     assert any((s.retry_policy or {}).get("max_retries") for s in steps)
-    assert any((s.conditions or {}).get("type") == "expression" for s in steps)
+    assert any((s.conditions or {}).get("type") == "on_success" and (s.conditions or {}).get("expression") for s in steps)
     assert any((p.notification_config or {}).get("webhook_url") for p in pipelines)

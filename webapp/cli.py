@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -81,7 +82,7 @@ def worker_cmd(queues, burst, fork, name, scheduler):
     from rq.serializers import JSONSerializer
 
     from .queues import ALL_QUEUES, get_queue, redis_conn
-    from .tasks.worker import install_worker_hooks
+    from .tasks.worker import resilient, serve
 
     box = _start_sandbox(current_app)
     click.echo(box.describe(), err=True)
@@ -89,13 +90,16 @@ def worker_cmd(queues, burst, fork, name, scheduler):
         click.echo("WARNING: steps are not isolated from this worker: they can read instance/, the database "
                    "and the worker's files (fine for a trusted single-user setup only).", err=True)
     purposes = [q.strip() for q in queues.split(",") if q.strip()] or list(ALL_QUEUES)
-    conn = redis_conn()
-    worker_cls = Worker if fork else SimpleWorker
-    worker = worker_cls(
-        [get_queue(p, conn) for p in purposes], connection=conn, serializer=JSONSerializer, name=name,
-    )
-    install_worker_hooks(current_app._get_current_object(), worker)
-    worker.work(burst=burst, with_scheduler=scheduler, logging_level="WARNING")
+    worker_cls = resilient(Worker if fork else SimpleWorker)
+    name = name or f"{socket.gethostname()}.{os.getpid()}"  # kept across the restarts of RQ's loop
+
+    def make_worker():
+        conn = redis_conn()
+        return worker_cls([get_queue(p, conn) for p in purposes], connection=conn, serializer=JSONSerializer,
+                          name=name)
+
+    serve(current_app._get_current_object(), make_worker, burst=burst, with_scheduler=scheduler,
+          logging_level="WARNING")
 
 
 def _sandbox_for(app: Flask):

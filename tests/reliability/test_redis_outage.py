@@ -1,0 +1,55 @@
+"""Redis restarted while every worker is busy (issue 14): the workers that finish a step during
+the outage stay alive and carry on once Redis is back; every execution finishes, every step once."""
+from __future__ import annotations
+
+import pytest
+
+from webapp.embedded_redis import EmbeddedRedis
+
+from ..conftest import wait_for
+from ..tasks.helpers import attempts, latest, make_pipeline, run, status_map, wait_finished, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """This module's own Redis server, so stopping it disturbs no other test."""
+    server = EmbeddedRedis(workdir=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_workers_survive_a_redis_restart_with_every_worker_busy(app, workers, redis_server, tmp_path):
+    procs = workers(2)
+    gate = tmp_path / "gate"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def step(name, deps):
+        return {"name": name, "depends_on": deps,
+                "parameters": {"command": f"echo x >> {runs}/{name}; while [ ! -e {gate} ]; do sleep 0.05; done"}}
+
+    executions = []
+    for n in range(2):
+        p = make_pipeline([step("a", []), step("b", ["a"]), step("c", ["b"])], name=f"chain-{n}")
+        executions.append(run(p))
+    for e in executions:
+        wait_status(e, "a", "running")  # both workers busy
+
+    port = redis_server.port
+    redis_server.stop()
+    gate.touch()  # the running steps finish while Redis is down: their post-commit enqueue fails
+    for e in executions:
+        wait_status(e, "a", "success")
+    restarted = EmbeddedRedis(port=port, workdir=tmp_path / "redis2").start()
+    redis_server.proc = restarted.proc  # stopped by the fixture
+
+    for e in executions:
+        e = wait_finished(e, timeout=90)
+        assert e.status == "success", status_map(e)
+        assert [a.status for a in attempts(e)] == ["success"] * 3
+    dead = [p for p in procs if p.poll() is not None]
+    assert not dead, "a worker exited:\n" + "\n".join((workers.logs / f"{p.name}.log").read_text()[-3000:] for p in dead)
+    for name in ("a", "b", "c"):
+        assert (runs / name).read_text() == "x\n" * 2, name  # once per execution, never twice
