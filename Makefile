@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FLASK := $(PY) -m flask --app wsgi
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: run test setup migrate chromium bench bench-quick clean
+.PHONY: run test setup migrate chromium bubblewrap bench bench-quick clean
 
 $(STAMP): requirements.txt
 	@test -n "$(PYTHON)" || { echo "AnsFlow needs Python 3.11 or newer on PATH."; exit 1; }
@@ -36,7 +36,16 @@ chromium:
 		fi; \
 	fi
 
-test: setup chromium
+# bubblewrap sandboxes shell steps (README "Step sandbox"); without it the suite tests the levels it has.
+bubblewrap:
+	@if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian's bubblewrap package for the step sandbox..."; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || \
+		echo "bubblewrap could not be installed: the sandbox tests run the other levels."; \
+	fi
+
+test: setup chromium bubblewrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
