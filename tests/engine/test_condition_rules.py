@@ -118,6 +118,7 @@ def test_the_issue_scenario_deploy_is_skipped_and_says_why():
     ({"type": "on_failure", "expression": "  "}, {"type": "on_failure"}),
     ({"expression": None, "depends_on": [3]}, {"depends_on": [3]}),
     ({"type": "always"}, {"type": "always"}),
+    ({"expression": "true"}, {"type": "on_success", "expression": "true"}),
     (None, None),
     ("always", "always"),
 ])

@@ -926,8 +926,8 @@ def evaluate_expression(expression: str, context: dict, status: Mapping[str, boo
 
 def normalize_conditions(conditions: Any) -> Any:
     """The stored shape of a condition: the legacy ``type: "expression"`` becomes
-    ``on_success`` + the expression, a missing type stays missing (on_success), a blank
-    expression is dropped. Anything that is not a dict is returned as it is (validation
+    ``on_success`` + the expression, a missing type is spelled ``on_success`` beside an
+    expression (and stays missing without one), a blank expression is dropped. Anything that is not a dict is returned as it is (validation
     refuses it). Idempotent; never mutates its argument."""
     if not isinstance(conditions, Mapping):
         return conditions
@@ -938,6 +938,8 @@ def normalize_conditions(conditions: Any) -> Any:
     expression = out.get("expression")
     if expression is None or (isinstance(expression, str) and not expression.strip()):
         out.pop("expression", None)
+    elif not out.get("type"):
+        out["type"] = "on_success"  # beside an expression the rule is always spelled out
     return out
 
 
