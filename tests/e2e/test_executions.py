@@ -27,7 +27,7 @@ def test_run_and_watch_live_then_dashboard(page, live_server, workers, users):
     page.get_by_text("No executions yet.").wait_for()
     page.get_by_role("link", name="Run a pipeline").first.click()
     page.select_option("#r-pipeline", label="demo (v1, 2 steps)")
-    page.fill("#r-variables", "TARGET=staging\nsecret:API_KEY=hunter2")
+    page.fill("#r-variables", "TARGET=staging\nsecret:API_KEY=hunter22")
     page.fill("#r-note", "e2e run")
     page.get_by_role("button", name="Run pipeline").click()
     page.wait_for_url(re.compile(r".*/executions/[0-9a-f]{16}$"))

@@ -67,11 +67,11 @@ def test_run_form_roles_and_start(client_as, pipeline, users):
     assert 'id="r-pipeline"' in chooser and "release" in chooser
 
     resp = c.post("/executions/", data={"pipeline": pipeline.id, "note": "hotfix 42",
-                                        "variables": "ENV=staging\nsecret:DEPLOY_KEY=hunter2\nAPI_TOKEN=abc"})
+                                        "variables": "ENV=staging\nsecret:DEPLOY_KEY=hunter22\nAPI_TOKEN=abc"})
     assert resp.status_code == 303
     eid = resp.headers["Location"].rsplit("/", 1)[-1]
     e = svc.get_execution(eid)
-    assert e.context_variables == {"ENV": "staging", "DEPLOY_KEY": "hunter2", "API_TOKEN": "abc"}
+    assert e.context_variables == {"ENV": "staging", "DEPLOY_KEY": "hunter22", "API_TOKEN": "abc"}
     assert set(e.secret_variables) == {"DEPLOY_KEY", "API_TOKEN"} and e.trigger_data == {"note": "hotfix 42"}
     assert e.triggered_by_id == users["maintainer"].id and e.trigger_type == "manual"
     page = c.get(resp.headers["Location"]).get_data(as_text=True)

@@ -99,6 +99,11 @@ def start(
     if problems:
         raise ValidationError("The pipeline definition is invalid.", {"definition": problems[0].message})
     secrets_ = sorted(set(secret_variables or []) | {k for k in variables if SECRET_NAME.search(k)})
+    from ..runners.masking import short_secrets  # a marked secret under 8 characters would mask ordinary text
+
+    short = short_secrets({k: variables.get(k) for k in sorted(set(secret_variables or []))})
+    if short:
+        raise ValidationError("A secret variable is too short to be masked safely.", {"variables": next(iter(short.values()))})
     now = utcnow()
     execution = WorkflowExecution(
         pipeline_id=pipeline.id, execution_id=secrets.token_hex(8), status="running",

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from .. import netguard
+from ..runners import masking
 from ..netguard import METADATA, METADATA_HOSTS, Refused, address_problem, refusal  # noqa: F401 (re-exported)
 
 DOT = "\u2022"
@@ -140,10 +141,10 @@ def mask_url(url: str | None) -> str:
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value (longest first) with its masked form."""
+    """Replace every secret value (longest first), in each form runners.masking knows (literal,
+    JSON, URL-encoded, base64, hex), with its masked form."""
     if not text:
         return text
     for secret in sorted({str(s) for s in secrets if s and len(str(s)) >= 4}, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, mask_secret(secret))
+        text = masking.mask(text, [secret], mask_secret(secret))
     return text
