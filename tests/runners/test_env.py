@@ -61,3 +61,16 @@ def test_nul_characters_are_dropped_so_the_process_can_start():
     e = env(variables={"v": "a\x00b"}, trigger={"t": "\x00"})
     assert e["V"] == "ab" and e["TRIGGER_T"] == ""
     assert all("\x00" not in k and "\x00" not in v for k, v in e.items())
+
+
+def test_only_allow_listed_worker_variables_pass(monkeypatch):
+    monkeypatch.setenv("PATH", "/work/main/.venv/bin:/usr/bin")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    monkeypatch.setenv("UNLISTED", "x")
+    monkeypatch.setenv("ANSFLOW_STEP_ENV", "HTTP_PROXY, SMTP_PASSWORD,SECRET_KEY,ANSFLOW_QUEUE_PREFIX,not-a-name")
+    monkeypatch.setenv("SECRET_KEY", "k")
+    e = env()
+    assert e["HTTP_PROXY"] == "http://proxy:3128"
+    assert not {"SMTP_PASSWORD", "SECRET_KEY", "ANSFLOW_QUEUE_PREFIX", "UNLISTED"} & set(e)   # server settings never
+    assert e["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"     # not the worker's
