@@ -1,6 +1,7 @@
 """Step jobs: run one attempt, advance an execution. Ids only; every write is conditional."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ from flask import current_app
 from sqlalchemy import update
 
 from . import app_context
+
+log = logging.getLogger(__name__)
 
 
 def _worker_name() -> str:
@@ -172,14 +175,14 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     heartbeat.watch(engine, attempt_id, job.id if summary_stale else None)
     try:
         result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
+        claim = _next_work(result.status == "success" and svc.may_unlock(fz, claimed.step_id))
+        if claim is not None and claim.attempt_id is None:  # a successor: its upstream is ours and this step
+            claim.known = (graph.upstream(fz.definition, claimed.step_id) | {claimed.step_id},
+                           {**outputs, **({step["name"]: result.outputs} if result.outputs else {})})
+        # the heartbeat goes on until the result is in: a database outage must not make it "worker lost"
+        recorded = _record(attempt_id, job.id, claimed, result, claim)
     finally:
         heartbeat.release()
-    claim = _next_work(result.status == "success" and svc.may_unlock(fz, claimed.step_id))
-    if claim is not None and claim.attempt_id is None:  # a successor: its upstream is ours and this step
-        claim.known = (graph.upstream(fz.definition, claimed.step_id) | {claimed.step_id},
-                       {**outputs, **({step["name"]: result.outputs} if result.outputs else {})})
-    recorded = svc.finish_attempt(attempt_id, job.id, claimed.started_at, result, step_id=claimed.step_id,
-                                  claim=claim)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
@@ -191,6 +194,47 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
         return result.status, None
     _rearm_backstop(svc.job_timeout_of(claim.row))
     return result.status, (claim.row, claim.outputs, claim.summary_stale)
+
+
+def _database_away(exc: BaseException) -> bool:
+    """An error that says the database did not answer (it may answer again), not a refusal."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _record(attempt_id: int, execution_pk: int, claimed, result, claim) -> bool:
+    """finish_attempt, retried with backoff while the database is away (a finished step's result is
+    never dropped: before, one raise lost it and the attempt later failed as "worker lost" although
+    its worker was alive). The retries give up the claim of a next step: a step job it took from the
+    queue stays queued without its job, which the reconciler re-queues."""
+    import random
+
+    from ..extensions import db
+    from ..services import executions as svc
+
+    deadline = time.monotonic() + current_app.config["RECORD_RETRY_SECONDS"]
+    delay, said = 0.1, False
+    while True:
+        try:
+            return svc.finish_attempt(attempt_id, execution_pk, claimed.started_at, result,
+                                      step_id=claimed.step_id, claim=claim)
+        except Exception as exc:  # noqa: BLE001 - only the database being away is retried
+            if not _database_away(exc) or time.monotonic() > deadline:
+                raise
+            try:
+                db.session.rollback()
+            except Exception:  # noqa: BLE001 - the connection is gone; remove() drops it
+                pass
+            db.session.remove()
+            if not said:
+                log.warning("attempt %s finished %s but the database is away: retrying until it answers",
+                            attempt_id, result.status)
+                said = True
+            claim = None
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(1.0, delay * 2)
 
 
 def _next_work(may_unlock: bool):
