@@ -154,6 +154,10 @@ def dev_cmd(port, workers):
         env["REDIS_URL"] = redis_server.url
         current_app.config["REDIS_URL"] = redis_server.url
         click.echo(f"Embedded Redis on {redis_server.url}")
+    # the demo's http health check calls this server: in dev mode (only) its own address and port may be called
+    own = f"127.0.0.1:{port}"
+    env["ANSFLOW_OUTBOUND_ALLOWLIST"] = ",".join(x for x in (os.environ.get("ANSFLOW_OUTBOUND_ALLOWLIST"), own) if x)
+    click.echo(f"http steps and webhooks may call this server ({own}): dev mode only")
     for i in range(workers):
         started.append(subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--name", f"dev-worker-{os.getpid()}-{i}"],
