@@ -126,3 +126,78 @@ def test_two_of_three_gate_through_the_inbox(page, browser, live_server, workers
     expect(page.locator("button[value=approve]")).to_have_count(0)
     for pg in (a1, a2):
         pg.context.close()
+
+
+def test_an_approver_sees_the_failed_upstream_step_and_must_confirm(page, workers, users, tmp_path):
+    """The gate's rule is `always`, so it still opens after 'unit tests' failed: the card names the failure
+    with its reason, Approve needs the "I have seen that 1 step failed" tick (the browser asks for it, and
+    the server refuses without it too), then the gated deploy runs once."""
+    from webapp.services import executions
+
+    workers(1)
+    runs = tmp_path / "deploy.runs"
+    pipeline = save_definition({
+        "name": "Release with a red test",
+        "steps": [
+            {"name": "build", "type": "shell", "parameters": {"command": "echo building"}},
+            {"name": "unit tests", "type": "shell", "depends_on": ["build"],
+             "parameters": {"command": "echo '3 tests failed' >&2; exit 1"}},
+            {"name": "release approval", "type": "approval", "depends_on": ["unit tests"],
+             "conditions": {"type": "always"},
+             "approval": {"users": ["approver1"], "required_approvals": 1, "message": "Ship anyway?"}},
+            {"name": "deploy", "type": "shell", "depends_on": ["release approval"],
+             "parameters": {"command": 'echo deployed >> "$RUNS_FILE"'}},
+        ],
+    }, owner=users["maintainer"])
+    execution = executions.start(pipeline, trigger_data={}, variables={"RUNS_FILE": str(runs)},
+                                 user=users["maintainer"])
+
+    def request_row():
+        fresh()
+        return db.session.execute(db.select(ApprovalRequest).filter_by(execution_id=execution.id)).scalars().first()
+    req = wait_for(request_row, message="the approval request")
+    row = f"#approval-{req.id}"
+
+    browser_login(page, "approver1")
+    page.goto("/approvals/")
+    card = page.locator(row)
+    expect(card).to_contain_text("1 step failed in this run (unit tests)")
+    expect(card).to_contain_text("Run: 1 failed, 1 succeeded, 1 not started so far")
+    failed = card.locator(".upstream-steps li").first
+    expect(failed).to_contain_text("unit tests")
+    expect(failed).to_contain_text("failed")
+    expect(failed).to_contain_text("exited with code 1")
+    expect(card.get_by_role("link", name="live timeline")).to_have_attribute(
+        "href", f"/executions/{execution.execution_id}")
+    confirm = card.get_by_label(re.compile(r"I have seen that 1 step failed \(unit tests\)"))
+    page.evaluate("window.__sameDocument = true")
+
+    # Approve without the tick: the browser asks for it and nothing is sent
+    card.locator("button[value=approve]").click()
+    assert confirm.evaluate("el => el.validity.valueMissing") is True
+    fresh()
+    assert db.session.get(ApprovalRequest, req.id).decisions == []
+
+    # the server refuses it as well (a client that skips the browser's check)
+    confirm.evaluate("el => el.removeAttribute('required')")
+    card.locator("button[value=approve]").click()
+    expect(card).to_contain_text("Confirm that you have seen it to approve.")
+    fresh()
+    assert db.session.get(ApprovalRequest, req.id).status == "pending"
+
+    # tick, approve: in place, and the gated step runs
+    card.get_by_label(re.compile(r"I have seen that 1 step failed")).check()
+    card.locator("textarea[name=comment]").fill("Known flaky test, shipping the fix")
+    card.locator("button[value=approve]").click()
+    expect(card).to_contain_text("You approved: release approval continues.")
+    assert page.evaluate("window.__sameDocument") is True
+
+    def done():
+        fresh()
+        e = db.session.get(WorkflowExecution, execution.id)
+        return e if e.status in ("success", "failed", "cancelled") else None
+    e = wait_for(done, timeout=60, message="the execution to finish")
+    assert e.status == "failed"  # unit tests still failed: the run says so
+    assert runs.read_text().splitlines() == ["deployed"]
+    fresh()
+    assert db.session.get(ApprovalRequest, req.id).status == "approved"

@@ -72,7 +72,8 @@ def _reason(row) -> str:
         return ""
     if row.status in FAILED or row.status == "cancelled":
         text = row.error_message or ""
-        if row.exit_code not in (None, 0) and f"exit {row.exit_code}" not in text:
+        said = f"code {row.exit_code}" in text or f"exit {row.exit_code}" in text  # the runner's own words
+        if row.exit_code not in (None, 0) and not said:
             text = f"exit code {row.exit_code}" + (f": {text}" if text else "")
         return text[:500]
     if row.status == "skipped":
