@@ -12,7 +12,8 @@ from flask import Flask, current_app
 
 
 def register(app: Flask) -> None:
-    for command in (create_user_cmd, deactivate_user_cmd, seed_demo_cmd, worker_cmd, dev_cmd, trigger_cmd):
+    for command in (create_user_cmd, deactivate_user_cmd, seed_demo_cmd, worker_cmd, reconciler_cmd, dev_cmd,
+                    trigger_cmd):
         app.cli.add_command(command)
 
 
@@ -100,6 +101,22 @@ def worker_cmd(queues, burst, fork, name, scheduler):
 
     serve(current_app._get_current_object(), make_worker, burst=burst, with_scheduler=scheduler,
           logging_level="WARNING")
+
+
+@click.command("reconciler")
+def reconciler_cmd():
+    """Run only the reconciler (no steps), so a fleet of busy or dead step workers still gets reconciled.
+
+    Every worker also runs one in a thread; a Redis lock lets one pass run at a time across them all."""
+    from .tasks.reconcile import Reconciler
+
+    click.echo(f"AnsFlow reconciler: a pass every {current_app.config['RECONCILE_SECONDS']} s", err=True)
+    reconciler = Reconciler(current_app._get_current_object())
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        reconciler.run()  # in this thread: it returns when stopped
+    except KeyboardInterrupt:
+        reconciler.stopped.set()
 
 
 def _sandbox_for(app: Flask):

@@ -73,3 +73,26 @@ def test_a_live_queued_job_is_not_requeued(app):
     _age_queued(e, app.config["RECONCILE_QUEUED_GRACE_SECONDS"] + 5)
     report = reconcile_once(app)
     assert report is not None and report["requeued"] == []
+
+
+def test_flask_reconciler_reconciles_without_any_step_worker(app, app_settings, tmp_path):
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT, settings_env, wait_for
+
+    e = run(make_pipeline([{"name": "only", "parameters": {"command": "true"}}]))
+    attempt = attempts(e, "only")[0]
+    Job.fetch(attempt.rq_job_id, connection=redis_conn()).delete()  # lost, as after a Redis restart
+    _age_queued(e, app.config["RECONCILE_QUEUED_GRACE_SECONDS"] + 5)
+    log = open(tmp_path / "reconciler.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "reconciler"], cwd=ROOT,
+                            env=settings_env(app_settings), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: Job.exists(attempt.rq_job_id, connection=redis_conn()), timeout=30,
+                 message="the reconciler process to re-queue the lost job")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert "reconciler" in (tmp_path / "reconciler.log").read_text()
