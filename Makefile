@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FLASK := $(PY) -m flask --app wsgi
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: run test setup migrate chromium bubblewrap bench bench-quick clean
+.PHONY: run test setup migrate chromium bubblewrap bench bench-quick soak clean
 
 $(STAMP): requirements.txt
 	@test -n "$(PYTHON)" || { echo "AnsFlow needs Python 3.11 or newer on PATH."; exit 1; }
@@ -50,6 +50,10 @@ test: setup chromium bubblewrap
 
 bench: setup
 	$(PY) -m bench
+
+# The reliability scenarios (tests/reliability) longer and with more executions, printing their figures.
+soak: setup
+	ANSFLOW_SOAK=$${ANSFLOW_SOAK:-4} $(PY) -m pytest tests/reliability -s -p no:cacheprovider
 
 bench-quick: setup
 	$(PY) -m bench --quick

@@ -2,6 +2,9 @@
 the outage stay alive and carry on once Redis is back; every execution finishes, every step once."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from webapp.embedded_redis import EmbeddedRedis
@@ -10,6 +13,7 @@ from ..conftest import wait_for
 from ..tasks.helpers import attempts, latest, make_pipeline, run, status_map, wait_finished, wait_status
 
 pytestmark = pytest.mark.integration
+SCALE = int(os.environ.get("ANSFLOW_SOAK", "1"))  # make soak: more executions
 
 
 @pytest.fixture
@@ -31,7 +35,7 @@ def test_workers_survive_a_redis_restart_with_every_worker_busy(app, workers, re
                 "parameters": {"command": f"echo x >> {runs}/{name}; while [ ! -e {gate} ]; do sleep 0.05; done"}}
 
     executions = []
-    for n in range(2):
+    for n in range(2 * SCALE):
         p = make_pipeline([step("a", []), step("b", ["a"]), step("c", ["b"])], name=f"chain-{n}")
         executions.append(run(p))
     for e in executions:
@@ -44,12 +48,16 @@ def test_workers_survive_a_redis_restart_with_every_worker_busy(app, workers, re
         wait_status(e, "a", "success")
     restarted = EmbeddedRedis(port=port, workdir=tmp_path / "redis2").start()
     redis_server.proc = restarted.proc  # stopped by the fixture
+    back = time.monotonic()
 
     for e in executions:
         e = wait_finished(e, timeout=90)
         assert e.status == "success", status_map(e)
         assert [a.status for a in attempts(e)] == ["success"] * 3
+    recovered_in = time.monotonic() - back
     dead = [p for p in procs if p.poll() is not None]
     assert not dead, "a worker exited:\n" + "\n".join((workers.logs / f"{p.name}.log").read_text()[-3000:] for p in dead)
-    for name in ("a", "b", "c"):
-        assert (runs / name).read_text() == "x\n" * 2, name  # once per execution, never twice
+    counts = {name: (runs / name).read_text().count("x") for name in ("a", "b", "c")}
+    print(f"\nredis restart with every worker busy: {len(executions)} executions finished {recovered_in:.1f} s"
+          f" after Redis came back, {sum(counts.values()) / (3 * len(executions)):.2f} runs per step")
+    assert counts == {name: len(executions) for name in counts}  # once per execution, never twice
