@@ -45,7 +45,7 @@ def requeue_dead(attempt_id: int, conn) -> None:
     requeue_attempt(attempt_id)
 
 
-def reconcile_once(app: Flask) -> dict | None:
+def reconcile_once(app: Flask, queued_grace: float | None = None) -> dict | None:
     from ..extensions import db
     from ..queues import redis_conn
     from ..services import executions as svc
@@ -59,7 +59,7 @@ def reconcile_once(app: Flask) -> dict | None:
         try:
             report = svc.reconcile(
                 app.config["HEARTBEAT_SECONDS"],
-                queued_grace=app.config["RECONCILE_QUEUED_GRACE_SECONDS"],
+                queued_grace=app.config["RECONCILE_QUEUED_GRACE_SECONDS"] if queued_grace is None else queued_grace,
                 job_exists=lambda job_id: job_alive(job_id, conn),
                 requeue=lambda attempt_id: requeue_dead(attempt_id, conn),
             )
