@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,16 @@ def _database_url() -> str:
 class Config:
     def __init__(self) -> None:
         self.SECRET_KEY = _secret_key()
+        # Fernet keys sealing secret variables at rest, comma-separated, the first current; unset: the
+        # key in SECRETS_KEY_FILE, made on first use (services/secrets_store.py). Malformed: refused here.
+        self.SECRETS_KEY = os.environ.get("ANSFLOW_SECRETS_KEY", "").strip()
+        self.SECRETS_KEY_FILE = str(INSTANCE / "secrets_key")
+        if self.SECRETS_KEY:
+            from .services.secrets_store import SecretsUnavailable, parse_keys
+            try:
+                parse_keys(self.SECRETS_KEY)
+            except SecretsUnavailable as e:
+                raise SystemExit(f"error: {e}") from None
         self.SQLALCHEMY_DATABASE_URI = _database_url()
         self.REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.BASE_URL = os.environ.get("ANSFLOW_BASE_URL", "http://127.0.0.1:5000")
@@ -85,5 +96,10 @@ class Config:
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
-        self.WTF_CSRF_TIME_LIMIT = None
+        # Flask-Login's default is 365 days; logout and a password change revoke it earlier (User.session_nonce)
+        self.REMEMBER_COOKIE_DURATION = timedelta(days=float(os.environ.get("ANSFLOW_REMEMBER_DAYS", "14")))
+        # a page's form token lives a working day (a page left open longer is asked to reload)
+        self.WTF_CSRF_TIME_LIMIT = int(os.environ.get("ANSFLOW_CSRF_TIME_LIMIT_SECONDS", str(12 * 3600))) or None  # 0: none
+        # the demo webhook receiver (notifications) takes posts from anyone: `flask dev` switches it on
+        self.DEMO_RECEIVER = _bool("ANSFLOW_DEMO_RECEIVER", False)
         self.TESTING = False

@@ -40,7 +40,7 @@ def init_app(app: Flask) -> None:
 
     @login_manager.user_loader
     def load_user(user_id: str) -> User | None:
-        return db.session.get(User, int(user_id))
+        return User.from_session_id(user_id)
 
     @login_manager.request_loader
     def load_from_token(req) -> User | None:

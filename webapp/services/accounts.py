@@ -1,9 +1,12 @@
-"""Accounts: creation with validation, authentication."""
+"""Accounts: creation with validation, authentication, password change and signing out everywhere."""
 from __future__ import annotations
 
 import re
+import secrets
+from functools import cache
 
 from sqlalchemy import select
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
 from ..models import ROLES, User
@@ -47,11 +50,47 @@ def create_user(username: str, password: str, role: str = "viewer", display_name
     return user
 
 
+def verify_password(password_hash: str, password: str) -> bool:
+    """The one place a password is checked against a hash (werkzeug's slow KDF)."""
+    return check_password_hash(password_hash, password)
+
+
+@cache
+def _dummy_hash() -> str:
+    # Made like a real user's hash (same method and cost), so checking it takes as long.
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
 def authenticate(username: str, password: str) -> User | None:
+    """The active user with this password, or None. Exactly one hash check either way: an unknown
+    or inactive username costs as long as a wrong password, so timing tells no usernames."""
     user = db.session.execute(select(User).filter_by(username=username or "")).scalar_one_or_none()
-    if user is None or not user.active or not user.check_password(password or ""):
-        return None
-    return user
+    usable = user is not None and user.active
+    ok = verify_password(user.password_hash if usable else _dummy_hash(), password or "")
+    return user if usable and ok else None
+
+
+def change_password(user: User, current: str, new: str, confirm: str) -> None:
+    """Set a new password after checking the current one; every other session and remember-me
+    cookie of the user ends (the caller signs the current browser in again)."""
+    errors: dict[str, str] = {}
+    if not verify_password(user.password_hash, current or ""):
+        errors["current_password"] = "That is not your current password."
+    if len(new or "") < MIN_PASSWORD:
+        errors["new_password"] = f"The password needs at least {MIN_PASSWORD} characters."
+    elif new != confirm:
+        errors["confirm_password"] = "The two new passwords differ."
+    if errors:
+        raise ValidationError("The password was not changed.", errors)
+    user.set_password(new)
+    user.end_sessions()
+    db.session.commit()
+
+
+def end_all_sessions(user: User) -> None:
+    """Sign the user out everywhere: every copy of every session and remember-me cookie stops working."""
+    user.end_sessions()
+    db.session.commit()
 
 
 class StillNeeded(ValidationError):

@@ -22,10 +22,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(e):
-        from flask import jsonify, request
-        if request.path.startswith("/api/"):
-            return jsonify({"error": "CSRF token missing or invalid", "fields": {}}), 400
-        return render_template("error.html", code=400, message="Your form expired or was not sent from AnsFlow. Reload the page and try again."), 400
+        return auth.csrf_failure(e)
 
     for code, message in ((403, "You don't have permission to do that."), (404, "Nothing here.")):
         def handler(e, code=code, message=message):
