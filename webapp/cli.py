@@ -175,6 +175,7 @@ def dev_cmd(port, workers):
     own = f"127.0.0.1:{port}"
     env["ANSFLOW_OUTBOUND_ALLOWLIST"] = ",".join(x for x in (os.environ.get("ANSFLOW_OUTBOUND_ALLOWLIST"), own) if x)
     click.echo(f"http steps and webhooks may call this server ({own}): dev mode only")
+    current_app.config["DEMO_RECEIVER"] = True   # anyone may post to it: dev mode only
     for i in range(workers):
         started.append(subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--name", f"dev-worker-{os.getpid()}-{i}"],

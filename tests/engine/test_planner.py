@@ -588,6 +588,16 @@ def test_cancel_runs_steps_that_opt_in_with_always_or_cancelled():
                          ("Cancel", 4, "cancelled"), ("Skip", 5, False)]
 
 
+def test_cancel_cancels_an_unapproved_gate_even_with_rule_always():
+    # nobody can decide on a cancelled run: the gate would wait for ever
+    d = D(S(1), S(2, [1], conditions={"type": "always"}, approval_required=True),
+          S(3, [1], conditions={"type": "always"}, approval_required=True))
+    ds = plan(mk(d, {1: "running", 2: "waiting_approval"}, cancel_requested=True,
+                 approvals={2: "pending", 3: "approved"}), T)
+    # 3 was approved before the cancel: an always step still runs
+    assert brief(ds) == [("Cancel", 1, "cancelled"), ("Cancel", 2, "cancelled"), ("Enqueue", 3)]
+
+
 def test_running_always_step_keeps_running_during_cancel():
     d = D(S(1, conditions={"type": "always"}), S(2))
     assert plan(mk(d, {1: "running", 2: "running"}, cancel_requested=True), T) == [

@@ -56,7 +56,8 @@ choices this module makes where the contract leaves room are:
   fails with failure "rejected"/"approval_timeout", which never retries).
 * **Cancel**: every non-terminal step that cannot run on cancel (conditions.runs_on_cancel:
   rule ``always``, or an expression with ``always()``/``cancelled()`` in place of on_success)
-  gets Cancel (queued and running ones too: the service kills them), no retries are
+  gets Cancel (queued and running ones too: the service kills them), and so does every
+  approval gate not approved yet (nobody decides on a cancelled run), no retries are
   scheduled, the others are decided when their dependencies are terminal (``cancelled()``
   is then true), and the execution ends ``cancelled``.
 * **Condition context**: only expressions read it (with the status functions answered from
@@ -729,7 +730,8 @@ class _Run:
                         self.wake.append((r.run_at, f"retry of {c.label[sid]} due"))
                 continue
             a = latest[sid]
-            if cancel and sid not in always:
+            if cancel and (sid not in always or (sid in c.approval and self.snap.approvals.get(sid) != "approved")):
+                # a gate that is not approved yet can never be: nobody decides on a cancelled run
                 out.append(Cancel(sid, a.id, _CANCELLED, _CANCEL_REASON))
                 self.set(sid, _CANCELLED)
                 continue
