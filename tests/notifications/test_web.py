@@ -127,6 +127,7 @@ def test_execution_partial(app, receiver):
 
 
 def test_demo_webhook_receiver(client_as, app):
+    app.config["DEMO_RECEIVER"] = True   # dev mode only (tests/security/test_demo_receiver.py)
     ch = svc.save_channel({"name": "demo", "channel_type": "webhook", "secret": "demo-secret-123",
                            "url": "http://127.0.0.1:5000/notifications/demo-webhook"})
     anon = app.test_client()

@@ -2,7 +2,7 @@
 demo webhook receiver."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, jsonify, redirect, request, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_login import current_user
 
 from ..extensions import csrf
@@ -200,6 +200,15 @@ def _test_response(result, region: str):
 
 
 # --------------------------------------------------------------------------- demo receiver
+# It takes posts from anyone into a list every viewer sees, so it exists only in dev mode
+# (DEMO_RECEIVER, which `flask dev` sets): elsewhere each of its routes is a 404.
+
+@bp.before_request
+def _demo_receiver_only_in_dev_mode():
+    if request.endpoint and request.endpoint.startswith("notifications.demo_webhook") \
+            and not current_app.config.get("DEMO_RECEIVER"):
+        abort(404)
+
 
 @bp.get("/demo-webhook")
 @role_required("viewer")
@@ -211,7 +220,7 @@ def demo_webhook():
 @bp.post("/demo-webhook")
 @csrf.exempt
 def demo_webhook_receive():
-    """A receiver for the demo pipeline's webhook: keeps the last posts (no login: it is a receiver)."""
+    """A receiver for the demo pipeline's webhook: keeps the last posts (no login: it is a receiver; dev mode only)."""
     if (request.content_length or 0) > svc.DEMO_MAX_BYTES:
         return jsonify({"error": "payload too large", "fields": {}}), 413
     item = svc.record_demo_webhook(dict(request.headers), request.get_data(cache=False))
