@@ -102,3 +102,23 @@ def test_two_clients_in_one_test_keep_their_own_identity(client_as, api_as):
     assert m_api.get("/api/v1/me/").json["username"] == "maintainer1"
     assert v_api.get("/api/v1/me/").json["username"] == "viewer1"
     assert v_api.post("/api/v1/pipelines/", json={"name": "x", "steps": []}).status_code == 403
+
+
+def test_login_page_says_how_long_keep_me_signed_in_lasts(app):
+    html = app.test_client().get("/login").get_data(as_text=True)
+    assert "Keep me signed in" in html and "(14 days, until you sign out)" in html
+
+
+def test_account_page_has_a_password_form(client_as):
+    html = client_as("viewer").get("/account").get_data(as_text=True)
+    form = html[html.index('action="/account/password"'):]
+    form = form[:form.index("</form>")]
+    assert 'name="csrf_token"' in form
+    for name in ("current_password", "new_password", "confirm_password"):
+        assert f'name="{name}" type="password"' in form
+
+
+def test_logout_needs_the_csrf_token_and_keeps_the_session_without_it(client_as):
+    c = client_as("viewer")
+    assert c.c.post("/logout").status_code == 400
+    assert c.get("/account").status_code == 200
