@@ -210,8 +210,8 @@ def test_parallel_groups(api, pipeline):
     assert db.session.get(PipelineStep, s["unit"]).parallel_group is None
 
 
-def test_pipeline_mappings(api, pipeline):
-    other = svc.save_definition({"name": "other", "steps": []})
+def test_pipeline_mappings(api, pipeline, users):
+    other = svc.save_definition({"name": "other", "steps": []}, owner=users["maintainer"])
     resp = api.post("/api/v1/pipeline-mappings/", json={"pipeline": pipeline.id, "tool_name": "Jenkins prod",
                                                       "tool_type": "jenkins", "tool_url": "https://ci.example.com",
                                                       "external_job_name": "release-job"})

@@ -9,10 +9,10 @@ from webapp.models import StepExecutionHistory, WorkflowExecution, utcnow
 from webapp.services.pipelines import freeze, save_definition
 
 
-def pipeline(notification_config=None, steps=None, name="notify-me"):
+def pipeline(notification_config=None, steps=None, name="notify-me", owner=None):
     steps = steps or [{"name": "build", "type": "shell", "parameters": {"command": "true"}},
                       {"name": "deploy", "type": "shell", "parameters": {"command": "true"}}]
-    return save_definition({"name": name, "notification_config": notification_config, "steps": steps})
+    return save_definition({"name": name, "notification_config": notification_config, "steps": steps}, owner=owner)
 
 
 def execution(p, status="running", finished_offset=0.0, **fields):

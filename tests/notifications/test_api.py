@@ -76,8 +76,8 @@ def test_test_endpoint_reports_the_true_result(api_as, receiver):
     assert log["count"] == 3 and {d["status"] for d in log["results"]} == {"delivered", "failed", "refused"}
 
 
-def test_put_step_notifications_validates_saves_and_bumps_version(api_as, receiver):
-    p = pipeline(None)
+def test_put_step_notifications_validates_saves_and_bumps_version(api_as, receiver, users):
+    p = pipeline(None, owner=users["maintainer"])  # the owner may edit it (an ownerless one is for admins)
     step = p.steps[0]
     version = p.version
     api = api_as("maintainer")

@@ -7,6 +7,7 @@ from flask_login import current_user
 
 from ..security import api_role_required
 from ..services import analysis
+from ..services import pipeline_access as access
 from ..services import pipelines as svc
 from . import bp, error
 from .openapi import _op, register
@@ -16,6 +17,7 @@ def pipeline_json(p, full: bool = False) -> dict:
     out = {
         "id": p.id, "name": p.name, "description": p.description, "active": p.active,
         "version": p.version, "owner": p.owner.username if p.owner else None,
+        "maintainers": [m.username for m in p.maintainers],
         "steps": len(p.steps), "created_at": p.created_at.isoformat() + "Z",
         "updated_at": p.updated_at.isoformat() + "Z",
     }
@@ -77,6 +79,12 @@ def _int_arg(name: str) -> int | None:
         raise svc.ValidationError(f"?{name}= must be an id.", {name: "expected an integer id"}) from None
 
 
+@bp.errorhandler(access.Forbidden)
+def _forbidden(e: access.Forbidden):
+    """Not this user's to change (services/pipeline_access.py): 403, nothing saved."""
+    return error(e.message, 403, e.fields)
+
+
 def _pipeline_and_step(pipeline_id: int, step_id: int):
     p = svc.get_pipeline(pipeline_id)
     if p is None:
@@ -131,6 +139,16 @@ def delete_pipeline(pipeline_id: int):
         return error("pipeline not found", 404)
     svc.delete_pipeline(p)
     return "", 204
+
+
+@bp.get("/pipelines/<int:pipeline_id>/audit/")
+@api_role_required("viewer")
+def pipeline_audit(pipeline_id: int):
+    """Who changed the pipeline, its approval rules, owner and maintainers, newest first."""
+    p = svc.get_pipeline(pipeline_id)
+    if p is None:
+        return error("pipeline not found", 404)
+    return jsonify({"results": [access.audit_json(e) for e in access.audit_log(p)]})
 
 
 @bp.get("/pipelines/<int:pipeline_id>/export/")
@@ -260,6 +278,9 @@ def _document() -> None:
     export = _not_found(_op("The pipeline's definition as YAML", tags=t))
     export["responses"]["200"] = {"description": "YAML", "content": {"text/yaml": {"schema": {"type": "string"}}}}
     register("/api/v1/pipelines/{id}/export/", "get", export)
+    register("/api/v1/pipelines/{id}/audit/", "get", _not_found(_op(
+        "The pipeline's audit log, newest first: {results: [{actor, action, version, summary, before, after, at}]}"
+        " (before/after hold the approval rules, owner or maintainers a change touched)", tags=t)))
     imp = _op("Create a pipeline from a YAML definition (the body, or JSON {yaml})", ok=201, tags=t)
     imp["requestBody"] = {"required": True, "content": {
         "text/yaml": {"schema": {"type": "string"}},

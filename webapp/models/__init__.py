@@ -1,5 +1,6 @@
 """SQLAlchemy 2 typed models (DESIGN §2). snapshots.py is the only ORM -> engine adapter."""
 from .approval import ApprovalDecision, ApprovalRequest
+from .audit import PipelineAuditEntry
 from .base import utcnow
 from .execution import StepExecutionHistory, WorkflowExecution
 from .notification import NotificationChannel, NotificationDelivery
@@ -8,6 +9,6 @@ from .user import ROLES, User
 
 __all__ = [
     "ApprovalDecision", "ApprovalRequest", "NotificationChannel", "NotificationDelivery",
-    "ParallelGroup", "Pipeline", "PipelineStep", "PipelineToolMapping", "ROLES",
+    "ParallelGroup", "Pipeline", "PipelineAuditEntry", "PipelineStep", "PipelineToolMapping", "ROLES",
     "StepExecutionHistory", "User", "WorkflowExecution", "step_dependencies", "utcnow",
 ]

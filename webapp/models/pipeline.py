@@ -21,6 +21,15 @@ step_dependencies = Table(
     Column("depends_on_id", Integer, ForeignKey("pipeline_steps.id", ondelete="CASCADE"), primary_key=True),
 )
 
+# Named maintainers of a pipeline: beside its owner, the only non-admins who may edit it
+# (services/pipeline_access.py). They may not change its approval rules.
+pipeline_maintainers = Table(
+    "pipeline_maintainers",
+    db.metadata,
+    Column("pipeline_id", Integer, ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+
 
 class Pipeline(db.Model):
     __tablename__ = "pipelines"
@@ -32,11 +41,15 @@ class Pipeline(db.Model):
     notification_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     allow_self_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    # Username of whoever last changed the approval rules (None: the system, e.g. seed-demo). Frozen
+    # into each execution: that person never self-approves a run on the strength of their own rule.
+    approval_rules_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     owner = relationship("User")
+    maintainers = relationship("User", secondary=pipeline_maintainers, order_by="User.username")
     steps: Mapped[list["PipelineStep"]] = relationship(
         back_populates="pipeline", cascade="all, delete-orphan", order_by="(PipelineStep.order, PipelineStep.id)"
     )

@@ -5,7 +5,9 @@ Rules
   execution runtime inside its advance transaction; on_opened schedules the expiry and reminders and
   notifies the approvers after that commit).
 - Listed approvers (usernames or ``role:NAME``) decide; admins always may and are recorded as such.
-  The requester (who triggered the execution) cannot approve unless the pipeline allows self-approval.
+  The requester (who triggered the execution) cannot approve unless the pipeline allows self-approval,
+  and never when they set the pipeline's approval rules themselves (the rules frozen into the run
+  name who last changed them): self-approval is a permission one person gives others, not oneself.
 - One decision per user. ``required_approvals`` distinct approvals approve; one rejection rejects.
 - Every outcome is ONE conditional update ``... WHERE status = 'pending'``: whoever changes the row wins,
   everyone else gets a Conflict (HTTP 409) and nothing changes. Decisions lock the request row first
@@ -35,6 +37,7 @@ from ..models import (
     ApprovalDecision, ApprovalRequest, Pipeline, PipelineStep, StepExecutionHistory, User, WorkflowExecution,
     utcnow,
 )
+from . import pipeline_access
 from .accounts import ValidationError
 from .approval_context import approval_context, failed_steps
 
@@ -115,12 +118,29 @@ def can_decide(request: ApprovalRequest, user: User) -> bool:
     return user.role == "admin" or is_listed(request, user)
 
 
-def self_approval_allowed(request: ApprovalRequest) -> bool:
-    execution = request.execution
-    if execution is not None and "allow_self_approval" in (execution.pipeline_snapshot or {}):
-        return bool(execution.pipeline_snapshot["allow_self_approval"])
+def _self_approval_rule(request: ApprovalRequest) -> tuple[bool, str | None]:
+    """(allow_self_approval, who set the approval rules) as frozen into the run; older snapshots
+    that do not say fall back to the pipeline as it is now."""
+    snapshot = (request.execution.pipeline_snapshot or {}) if request.execution is not None else {}
     pipeline = request.pipeline
-    return bool(pipeline and pipeline.allow_self_approval)
+    allowed = snapshot["allow_self_approval"] if "allow_self_approval" in snapshot \
+        else bool(pipeline and pipeline.allow_self_approval)
+    rules_by = snapshot["approval_rules_by"] if "approval_rules_by" in snapshot \
+        else (pipeline.approval_rules_by if pipeline else None)
+    return bool(allowed), rules_by
+
+
+def self_approval_allowed(request: ApprovalRequest) -> bool:
+    allowed, rules_by = _self_approval_rule(request)
+    return allowed and rules_by != request.requester_username
+
+
+def _self_approval_refusal(request: ApprovalRequest) -> str:
+    allowed, _ = _self_approval_rule(request)
+    if allowed:
+        return ("You started this execution and you set this pipeline's approval rules yourself, so you "
+                "cannot approve your own request: another approver must.")
+    return "You started this execution, so you cannot approve your own request (the pipeline does not allow self-approval)."
 
 
 def check_decision(request: ApprovalRequest, user: User, action: str = "approve") -> None:
@@ -130,8 +150,7 @@ def check_decision(request: ApprovalRequest, user: User, action: str = "approve"
     if request.status != PENDING:
         raise Conflict(f"This request is already {_status_words(request.status)}.")
     if action == "approve" and user.username == request.requester_username and not self_approval_allowed(request):
-        raise Forbidden("You started this execution, so you cannot approve your own request "
-                        "(the pipeline does not allow self-approval).")
+        raise Forbidden(_self_approval_refusal(request))
     if any(d.username == user.username for d in request.decisions):
         raise Conflict("You already decided on this request.")
     execution = request.execution
@@ -514,6 +533,9 @@ def _find_execution(key: Any) -> WorkflowExecution:
     return execution
 
 
+RULE_OVERRIDES = ("required_approvals", "timeout_hours", "auto_approve_on_timeout")
+
+
 def create_request(data: Any, user: User) -> ApprovalRequest:
     """POST /pipelines/approval-requests/: open a request for a step that waits without one.
 
@@ -545,6 +567,11 @@ def create_request(data: Any, user: User) -> ApprovalRequest:
     if errors:
         raise ValidationError("The approval request was not created.", errors)
     execution = _find_execution(data["execution_id"])
+    # opening a gate is editing its pipeline; choosing its approvers, quorum or timeout is changing
+    # its approval rules, which only the pipeline's owner or an admin may (issue 13)
+    pipeline_access.require_edit(execution.pipeline, user=user)
+    if approvers or any(data.get(k) is not None for k in RULE_OVERRIDES):
+        pipeline_access.require_govern(execution.pipeline, "choose a gate's approvers, quorum or timeout", user=user)
     step = next((s for s in (execution.pipeline_snapshot or {}).get("steps", []) if s.get("id") == step_id), None)
     if step is None:
         raise NotFound(f"Execution {execution.execution_id} has no step {step_id}.")

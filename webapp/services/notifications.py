@@ -828,7 +828,11 @@ def save_step_notification_config(pipeline_id: int, step_id: int, cfg: Any) -> P
         for key in ("channels", "recipients"):
             if key in cfg:
                 cfg[key] = _str_list(cfg[key])
+    from . import pipeline_access  # who may edit this pipeline (issue 13); audited in the same transaction
+    pipeline_access.require_edit(step.pipeline)
     begin_locked()
+    pipeline_access.audit(step.pipeline, "pipeline_edited", f"notifications of step {step.name}",
+                          version=step.pipeline.version + 1)
     step.notification_config = cfg
     db.session.execute(update(Pipeline).where(Pipeline.id == pipeline_id).values(version=Pipeline.version + 1)
                        .execution_options(synchronize_session=False))

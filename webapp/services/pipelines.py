@@ -32,6 +32,7 @@ from ..extensions import db
 from ..models import ParallelGroup, Pipeline, PipelineStep, PipelineToolMapping, User, WorkflowExecution
 from ..models.pipeline import STEP_TYPES, SYNC_POLICIES
 from ..runners.params import validate_parameters
+from . import pipeline_access as access
 from .accounts import ValidationError
 from .approver_check import step_errors as approver_errors
 
@@ -245,11 +246,24 @@ def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | 
                     renames: dict[str, str] | None = None) -> Pipeline:
     """Create or replace a pipeline's definition in one transaction. Steps keep their ids by name
     (`renames` maps a new step name to the old one, so a renamed step keeps its id too); groups
-    keep theirs by local id, then by name."""
+    keep theirs by local id, then by name.
+
+    Checked against the acting user (services/pipeline_access.py): creating needs the maintainer
+    role, changing needs the pipeline's edit right, and changing its approval rules its owner or an
+    admin; the change and its audit entry are one transaction."""
+    is_new = pipeline is None
+    if is_new:
+        access.require_create()
+    else:
+        access.require_edit(pipeline)
     errors = validate_definition(data, existing=pipeline)
     if errors:
         raise ValidationError("The pipeline was not saved: fix the fields below.", errors)
-    is_new = pipeline is None
+    before = None if is_new else export_definition(pipeline)
+    rules_before = None if is_new else access.renamed(access.approval_rules(before), renames)
+    rules_after = access.approval_rules(data)
+    if not is_new:
+        access.require_rules_unchanged(pipeline, rules_before, rules_after, data)
     if is_new:
         pipeline = Pipeline(owner=owner, version=1)
         db.session.add(pipeline)
@@ -320,8 +334,44 @@ def save_definition(data: dict, owner: User | None = None, pipeline: Pipeline | 
             if cond.get("depends_on"):
                 cond["depends_on"] = [index[n].id for n in cond["depends_on"]]
         step.conditions = cond or None
+    _audit_save(pipeline, before, rules_before, rules_after)
     db.session.commit()
     return pipeline
+
+
+def _audit_save(pipeline: Pipeline, before: dict | None, rules_before: dict | None, rules_after: dict) -> None:
+    after = _export(pipeline)
+    if before is None:
+        pipeline.approval_rules_by = access.actor_name()
+        access.audit(pipeline, "pipeline_created", f"created with {len(after['steps'])} step(s)",
+                     None, {"approval_rules": rules_after})
+        return
+    summary = f"v{pipeline.version - 1} → v{pipeline.version}: {_changes(before, after)}"
+    if rules_before != rules_after:
+        pipeline.approval_rules_by = access.actor_name()
+        access.audit(pipeline, "approval_rules_changed", summary, {"approval_rules": rules_before},
+                     {"approval_rules": rules_after})
+    else:
+        access.audit(pipeline, "pipeline_edited", summary)
+
+
+def _changes(before: dict, after: dict) -> str:
+    """What a save changed, in a few words: settings by name, steps and groups by name."""
+    parts = []
+    settings = [k for k in ("name", "description", "active", "notification_config", "allow_self_approval")
+                if before.get(k) != after.get(k)]
+    if settings:
+        parts.append("settings " + ", ".join(settings))
+    for what in ("steps", "groups"):
+        key = "name" if what == "steps" else "id"
+        old = {x[key]: x for x in before.get(what) or []}
+        new = {x[key]: x for x in after.get(what) or []}
+        for label, names in (("added", [n for n in new if n not in old]),
+                             ("removed", [n for n in old if n not in new]),
+                             ("changed", [n for n in new if n in old and new[n] != old[n]])):
+            if names:
+                parts.append(f"{what} {label}: {', '.join(names)}")
+    return "; ".join(parts) or "no change"
 
 
 def _group_key(local_id: str) -> str:
@@ -436,6 +486,7 @@ def _freeze(pipeline: Pipeline) -> dict:
         "name": pipeline.name,
         "version": pipeline.version,
         "allow_self_approval": pipeline.allow_self_approval,
+        "approval_rules_by": pipeline.approval_rules_by,
         "notification_config": pipeline.notification_config,
         "groups": [
             {"id": g.id, "name": g.name, "sync_policy": g.sync_policy, "timeout_seconds": g.timeout_seconds}
@@ -478,7 +529,9 @@ def _escape_like(text: str) -> str:
 
 
 def latest_executions(pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """pipeline id -> {status, execution_id, created_at} of its latest execution, in one query."""
+    """pipeline id -> {status, execution_id, created_at, bypassed} of its latest execution, in one query."""
+    from .run_summary import bypassed_count_of  # the badge says "success · 1 bypassed"
+
     if not pipeline_ids:
         return {}
     latest = (select(func.max(WorkflowExecution.id))
@@ -486,13 +539,17 @@ def latest_executions(pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
               .group_by(WorkflowExecution.pipeline_id))
     rows = db.session.execute(
         select(WorkflowExecution.pipeline_id, WorkflowExecution.status, WorkflowExecution.execution_id,
-               WorkflowExecution.created_at)
+               WorkflowExecution.created_at, bypassed_count_of(WorkflowExecution.id))
         .where(WorkflowExecution.id.in_(latest))
     )
-    return {pid: {"status": st, "execution_id": eid, "created_at": at} for pid, st, eid, at in rows}
+    return {pid: {"status": st, "execution_id": eid, "created_at": at, "bypassed": n}
+            for pid, st, eid, at, n in rows}
 
 
 def delete_pipeline(pipeline: Pipeline) -> None:
+    access.require_govern(pipeline, "delete it")
+    access.audit(pipeline, "pipeline_deleted", f"deleted at v{pipeline.version}")
+    db.session.flush()  # the entry first: deleting the pipeline then sets its pipeline_id NULL
     db.session.delete(pipeline)
     db.session.commit()
 
@@ -566,7 +623,10 @@ def _save(pipeline: Pipeline, defn: dict, errors_as, renames: dict[str, str] | N
     errors = validate_definition(defn, existing=pipeline)
     if errors:
         raise ValidationError(REFUSED, errors_as(errors))
-    return save_definition(defn, pipeline=pipeline, renames=renames)
+    try:
+        return save_definition(defn, pipeline=pipeline, renames=renames)
+    except access.Forbidden as e:
+        raise access.Forbidden(e.message, errors_as(e.fields) if e.fields else {}) from None
 
 
 def step_by_id(pipeline: Pipeline, step_id: int) -> PipelineStep | None:
@@ -882,7 +942,7 @@ def update_advanced_config(pipeline: Pipeline, step: PipelineStep, body: dict[st
     try:
         return save_step(pipeline, changes, step.id)
     except ValidationError as e:
-        raise ValidationError(e.message, {_api_field(k): v for k, v in e.fields.items()}) from None
+        raise type(e)(e.message, {_api_field(k): v for k, v in e.fields.items()}) from None  # a 403 stays one
 
 
 # --------------------------------------------------------------------------- tool mappings
@@ -931,6 +991,13 @@ def save_mapping(data: dict[str, Any], mapping: PipelineToolMapping | None = Non
         errors["active"] = "active must be true or false"
     if errors:
         raise ValidationError("The mapping was not saved: fix the fields below.", errors)
+    target = get_pipeline(pipeline_id)
+    access.require_edit(target)
+    if mapping is not None and mapping.pipeline_id != pipeline_id:
+        access.require_edit(mapping.pipeline)
+        access.audit(mapping.pipeline, "pipeline_edited", f"tool mapping '{mapping.tool_name}' moved to {target.name}")
+    access.audit(target, "pipeline_edited", f"tool mapping '{values['tool_name'].strip()}' "
+                 f"{'added' if mapping is None else 'changed'}")
     if mapping is None:
         mapping = PipelineToolMapping()
         db.session.add(mapping)
@@ -942,5 +1009,7 @@ def save_mapping(data: dict[str, Any], mapping: PipelineToolMapping | None = Non
 
 
 def delete_mapping(mapping: PipelineToolMapping) -> None:
+    access.require_edit(mapping.pipeline)
+    access.audit(mapping.pipeline, "pipeline_edited", f"tool mapping '{mapping.tool_name}' deleted")
     db.session.delete(mapping)
     db.session.commit()

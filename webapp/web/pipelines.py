@@ -17,6 +17,7 @@ from ..models.pipeline import STEP_TYPES, SYNC_POLICIES
 from ..runners.params import HTTP_METHODS
 from ..security import has_role, role_required
 from ..services import analysis
+from ..services import pipeline_access as access
 from ..services import pipelines as svc
 from ..services.accounts import ValidationError
 from .render import is_partial_request, render
@@ -34,8 +35,18 @@ def _pipeline(pid: int):
     return p
 
 
-def _can_edit() -> bool:
-    return has_role(current_user, "maintainer")
+def _can_edit(p=None) -> bool:
+    """Without a pipeline: may create one; with one: may edit it (its owner, named maintainers, admins)."""
+    return has_role(current_user, "maintainer") if p is None else access.can_edit(current_user, p)
+
+
+def _require_edit(p) -> None:
+    if not access.can_edit(current_user, p):
+        abort(403)
+
+
+def _refused_status(e: ValidationError) -> int:
+    return 403 if isinstance(e, access.Forbidden) else 422
 
 
 def _see_other(endpoint: str, **kw) -> Response:
@@ -61,7 +72,7 @@ def index():
     pipelines = svc.list_pipelines(search=q, active=active)
     latest = svc.latest_executions([p.id for p in pipelines])
     return render("pipelines/index.html", "list", pipelines=pipelines, latest=latest, q=q, state=state,
-                  can_edit=_can_edit())
+                  can_edit=_can_edit(), editable=access.editable_ids(current_user, pipelines))
 
 
 @bp.post("/<int:pid>/active")
@@ -69,6 +80,7 @@ def index():
 def set_active(pid: int):
     """The list's Activate / Deactivate button; answers with the list as filtered before."""
     p = _pipeline(pid)
+    _require_edit(p)
     active = request.form.get("active") == "1"
     svc.update_settings(p, {"active": active})
     message = f"Pipeline '{p.name}' {'activated' if active else 'deactivated'}."
@@ -76,6 +88,7 @@ def set_active(pid: int):
     if is_partial_request():
         pipelines = svc.list_pipelines(search=q, active={"active": True, "inactive": False}.get(state))
         return render("pipelines/index.html", "list", pipelines=pipelines, q=q, state=state, can_edit=True,
+                      editable=access.editable_ids(current_user, pipelines),
                       latest=svc.latest_executions([x.id for x in pipelines]), notice=message)
     flash(message, "success")
     return _see_other("pipelines.index", **({"q": q} if q else {}), **({"state": state} if state != "all" else {}))
@@ -133,7 +146,7 @@ def _yaml_text() -> str:
 def _steps_context(p, notice: str | None = None) -> dict[str, Any]:
     deps = analysis.dependency_view(p)
     groups = {g.id: g for g in p.groups}
-    return {"p": p, "deps": deps, "groups": groups, "notice": notice, "can_edit": _can_edit(),
+    return {"p": p, "deps": deps, "groups": groups, "notice": notice, "can_edit": _can_edit(p),
             "members": {g.id: [s for s in p.steps if s.parallel_group == g.id] for g in p.groups},
             "partial": is_partial_request(), "tab": "steps"}
 
@@ -150,8 +163,8 @@ def graph(pid: int):
     p = _pipeline(pid)
     layout, result = analysis.graph_view(p)
     return render("pipelines/graph.html", "graph_panel", p=p, layout=layout, analysis=result, tab="graph",
-                  can_edit=_can_edit(), links={s.id: url_for("pipelines.edit_step", pid=p.id, sid=s.id) for s in p.steps}
-                  if _can_edit() else None)
+                  can_edit=_can_edit(p), links={s.id: url_for("pipelines.edit_step", pid=p.id, sid=s.id) for s in p.steps}
+                  if _can_edit(p) else None)
 
 
 @bp.route("/<int:pid>/yaml", methods=["GET", "POST"])
@@ -163,19 +176,18 @@ def yaml_tab(pid: int):
     text = ""
     status = 200
     if request.method == "POST":
-        if not _can_edit():
-            abort(403)
+        _require_edit(p)
         text = request.form.get("yaml", "")
         try:
             text = _yaml_text()
             svc.import_yaml(text, pipeline=p, expected_version=_version())
         except ValidationError as e:
-            errors, message, status = (e.fields or {"yaml": e.message}), e.message, 422
+            errors, message, status = (e.fields or {"yaml": e.message}), e.message, _refused_status(e)
         else:
             flash(f"Definition replaced from YAML: now v{p.version} with {len(p.steps)} step(s).", "success")
             return _see_other("pipelines.yaml_tab", pid=p.id)
     return render("pipelines/yaml.html", p=p, yaml=svc.to_yaml(p), errors=errors, message=message, text=text,
-                  tab="yaml", can_edit=_can_edit(), status=status)
+                  tab="yaml", can_edit=_can_edit(p), status=status)
 
 
 @bp.get("/<int:pid>/export.yaml")
@@ -193,9 +205,9 @@ def settings(pid: int):
     p = _pipeline(pid)
     errors: dict[str, str] = {}
     values = _settings_values(p)
+    status = 200
     if request.method == "POST":
-        if not _can_edit():
-            abort(403)
+        _require_edit(p)
         values = {k: request.form.get(k, "") for k in ("name", "description", "notification_config")}
         values.update(active=bool(request.form.get("active")), allow_self_approval=bool(request.form.get("allow_self_approval")))
         data: dict[str, Any] = {"name": values["name"].strip(), "description": values["description"].strip(),
@@ -209,14 +221,26 @@ def settings(pid: int):
             try:
                 svc.update_settings(p, data, expected_version=_version())
             except ValidationError as e:
-                errors = e.fields or {"form": e.message}
+                errors, status = e.fields or {"form": e.message}, _refused_status(e)
             else:
                 flash("Settings saved.", "success")
                 return _see_other("pipelines.settings", pid=p.id)
-    shown = ("name", "description", "notification_config", "active", "allow_self_approval")
-    return render("pipelines/settings.html", p=p, values=values, errors=errors, tab="settings",
-                  unplaced={k: m for k, m in errors.items() if k not in shown},
-                  can_edit=_can_edit(), delete_error=None, status=422 if errors else 200)
+        status = status if status != 200 else 422
+    return _settings_page(p, values=values, errors=errors, status=status)
+
+
+SETTINGS_SHOWN = ("name", "description", "notification_config", "active", "allow_self_approval")
+AUDIT_SHOWN = 10
+
+
+def _settings_page(p, values=None, errors=None, status=200, **extra):
+    """The settings tab: its form, owner and maintainers, the latest audit entries, deletion."""
+    errors = errors or {}
+    context = {"delete_error": None, "duty_errors": {}, "duty_values": {}, **extra}
+    return render("pipelines/settings.html", p=p, values=values or _settings_values(p), errors=errors,
+                  tab="settings", unplaced={k: m for k, m in errors.items() if k not in SETTINGS_SHOWN},
+                  can_edit=_can_edit(p), can_govern=access.can_govern(current_user, p),
+                  audit=access.audit_log(p, limit=AUDIT_SHOWN), status=status, **context)
 
 
 def _settings_values(p) -> dict[str, Any]:
@@ -229,13 +253,59 @@ def _settings_values(p) -> dict[str, Any]:
 @role_required("maintainer")
 def delete(pid: int):
     p = _pipeline(pid)
+    if not access.can_govern(current_user, p):
+        abort(403)
     if request.form.get("confirm_name", "").strip() != p.name:
-        return render("pipelines/settings.html", p=p, values=_settings_values(p), errors={}, tab="settings",
-                      unplaced={}, can_edit=True, delete_error=f"Type the pipeline's name, {p.name}, to delete it.", status=422)
+        return _settings_page(p, delete_error=f"Type the pipeline's name, {p.name}, to delete it.", status=422)
     name = p.name
     svc.delete_pipeline(p)
     flash(f"Pipeline '{name}' deleted.", "success")
     return _see_other("pipelines.index")
+
+
+@bp.post("/<int:pid>/maintainers")
+@role_required("maintainer")
+def add_maintainer(pid: int):
+    p = _pipeline(pid)
+    if not access.can_govern(current_user, p):
+        abort(403)
+    username = request.form.get("username", "")
+    try:
+        user = access.add_maintainer(p, username)
+    except ValidationError as e:
+        return _settings_page(p, duty_errors=e.fields, duty_values={"username": username},
+                              status=_refused_status(e))
+    flash(f"{user.username} may now edit this pipeline.", "success")
+    return _see_other("pipelines.settings", pid=p.id, _anchor="duties-h")
+
+
+@bp.post("/<int:pid>/maintainers/<username>/remove")
+@role_required("maintainer")
+def remove_maintainer(pid: int, username: str):
+    p = _pipeline(pid)
+    if not access.can_govern(current_user, p):
+        abort(403)
+    try:
+        access.remove_maintainer(p, username)
+    except LookupError:
+        abort(404)
+    flash(f"{username} no longer maintains this pipeline.", "success")
+    return _see_other("pipelines.settings", pid=p.id, _anchor="duties-h")
+
+
+@bp.post("/<int:pid>/owner")
+@role_required("maintainer")
+def set_owner(pid: int):
+    p = _pipeline(pid)
+    if not access.can_govern(current_user, p):
+        abort(403)
+    username = request.form.get("owner", "")
+    try:
+        user = access.set_owner(p, username)
+    except ValidationError as e:
+        return _settings_page(p, duty_errors=e.fields, duty_values={"owner": username}, status=_refused_status(e))
+    flash(f"{user.username} now owns this pipeline.", "success")
+    return _see_other("pipelines.settings", pid=p.id, _anchor="duties-h")
 
 
 # --------------------------------------------------------------------------- steps
@@ -450,13 +520,16 @@ def _step_form(p, step, values, errors, status=200, result=None):
 @bp.route("/<int:pid>/steps/new", methods=["GET", "POST"])
 @role_required("maintainer")
 def new_step(pid: int):
-    return _edit_step(_pipeline(pid), None)
+    p = _pipeline(pid)
+    _require_edit(p)
+    return _edit_step(p, None)
 
 
 @bp.route("/<int:pid>/steps/<int:sid>/edit", methods=["GET", "POST"])
 @role_required("maintainer")
 def edit_step(pid: int, sid: int):
     p = _pipeline(pid)
+    _require_edit(p)
     step = svc.step_by_id(p, sid)
     if step is None:
         abort(404)
@@ -476,6 +549,7 @@ def _edit_step(p, step):
             saved = svc.save_step(p, changes, step.id if step else None, expected_version=_version())
         except ValidationError as e:
             errors = e.fields or {"form": e.message}
+            return _step_form(p, step, values, errors, status=_refused_status(e))
         else:
             flash(f"Step '{saved.name}' {'saved' if step else 'added'}.", "success")
             return _see_other("pipelines.detail", pid=p.id, _anchor=f"step-{saved.id}")
@@ -513,6 +587,7 @@ def test_condition(pid: int):
 @role_required("maintainer")
 def delete_step(pid: int, sid: int):
     p = _pipeline(pid)
+    _require_edit(p)
     step = svc.step_by_id(p, sid)
     if step is None:
         abort(404)
@@ -531,6 +606,7 @@ def delete_step(pid: int, sid: int):
 @role_required("maintainer")
 def move_step(pid: int, sid: int):
     p = _pipeline(pid)
+    _require_edit(p)
     if svc.step_by_id(p, sid) is None:
         abort(404)
     offset = -1 if request.form.get("direction") == "up" else 1
@@ -562,13 +638,16 @@ def _group_form(p, group, values, errors, status=200):
 @bp.route("/<int:pid>/groups/new", methods=["GET", "POST"])
 @role_required("maintainer")
 def new_group(pid: int):
-    return _edit_group(_pipeline(pid), None)
+    p = _pipeline(pid)
+    _require_edit(p)
+    return _edit_group(p, None)
 
 
 @bp.route("/<int:pid>/groups/<gid>/edit", methods=["GET", "POST"])
 @role_required("maintainer")
 def edit_group(pid: int, gid: str):
     p = _pipeline(pid)
+    _require_edit(p)
     group = svc.group_by_id(p, gid)
     if group is None:
         abort(404)
@@ -608,6 +687,7 @@ def _edit_group(p, group):
 @role_required("maintainer")
 def delete_group(pid: int, gid: str):
     p = _pipeline(pid)
+    _require_edit(p)
     group = svc.group_by_id(p, gid)
     if group is None:
         abort(404)
