@@ -13,7 +13,7 @@ from flask import Flask, current_app
 
 def register(app: Flask) -> None:
     for command in (create_user_cmd, deactivate_user_cmd, seed_demo_cmd, worker_cmd, reconciler_cmd, dev_cmd,
-                    trigger_cmd):
+                    trigger_cmd, rotate_secrets_key_cmd):
         app.cli.add_command(command)
 
 
@@ -38,6 +38,23 @@ def deactivate_user_cmd(username, force):
     for gate in gates:
         click.echo(f"warning: {gate} (it cannot reach its quorum now without an admin)", err=True)
     click.echo(f"Deactivated {username}.")
+
+
+@click.command("rotate-secrets-key")
+def rotate_secrets_key_cmd():
+    """Seal every stored secret variable again with the current (first) key of ANSFLOW_SECRETS_KEY."""
+    from .services.secrets_store import SecretsUnavailable, rotate_all
+
+    try:
+        rotated, unreadable = rotate_all()
+    except SecretsUnavailable as e:
+        raise click.ClickException(str(e))
+    click.echo(f"Re-encrypted the secret variables of {rotated} execution(s) with the current key.")
+    if unreadable:
+        click.echo(f"error: no key in ANSFLOW_SECRETS_KEY opens the secrets of {len(unreadable)} execution(s): "
+                   + ", ".join(unreadable[:20]) + (" ..." if len(unreadable) > 20 else "")
+                   + ". They were left as they were; add their key after the current one and run this again.", err=True)
+        raise SystemExit(1)
 
 
 @click.command("create-user")

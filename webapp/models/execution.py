@@ -32,6 +32,8 @@ class WorkflowExecution(db.Model):
     context_variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # names of context variables whose values are masked in logs
     secret_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # their values, one Fernet token (context_variables holds a placeholder): services/secrets_store.py
+    secret_values: Mapped[str | None] = mapped_column(Text, nullable=True)
     step_results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     current_step: Mapped[str | None] = mapped_column(String(120), nullable=True)
     failed_steps: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -148,7 +148,8 @@ def approval_context(req: ApprovalRequest) -> dict[str, Any]:
         counts[key] = counts.get(key, 0) + 1
     failed = [e for e in entries.values() if e["failed"] and e["id"] != req.step_id]
     secrets = set(ex.secret_variables or [])
-    secret_values = [str(v) for k, v in (ex.context_variables or {}).items() if k in secrets]
+    from .secrets_store import secret_values_of  # sealed at rest: the other values are scrubbed of the real ones
+    secret_values = secret_values_of(ex)
     n = len(failed)
     version_now = ex.pipeline.version if ex.pipeline is not None else None
     return {

@@ -31,6 +31,7 @@ from ..models.snapshots import (
 from ..queues import CONTROL, enqueue, enqueue_steps, request_stop, step_job_id
 from .accounts import ValidationError
 from . import run_summary
+from . import secrets_store
 from . import step_sql as sql
 from .pipelines import freeze
 
@@ -104,11 +105,12 @@ def start(
     short = short_secrets({k: variables.get(k) for k in sorted(set(secret_variables or []))})
     if short:
         raise ValidationError("A secret variable is too short to be masked safely.", {"variables": next(iter(short.values()))})
+    stored_variables, sealed = secrets_store.split(variables, secrets_)   # never a secret in clear in the row
     now = utcnow()
     execution = WorkflowExecution(
         pipeline_id=pipeline.id, execution_id=secrets.token_hex(8), status="running",
-        trigger_type=trigger_type, trigger_data=trigger_data or {}, context_variables=variables,
-        secret_variables=secrets_, pipeline_snapshot=frozen, pipeline_version=frozen.get("version", 1),
+        trigger_type=trigger_type, trigger_data=trigger_data or {}, context_variables=stored_variables,
+        secret_variables=secrets_, secret_values=sealed, pipeline_snapshot=frozen, pipeline_version=frozen.get("version", 1),
         triggered_by_id=user.id if user is not None and getattr(user, "id", None) else None,
         parent_execution_id=parent.id if parent is not None else None,
         step_results={}, failed_steps=[], pending_approvals=[], started_at=now, created_at=now,
@@ -625,7 +627,7 @@ _JOB_CONTEXT: dict[tuple[str, int], Any] = {}
 
 
 def job_context(execution_pk: int):
-    """What a step job needs of its execution (id, variables, trigger, secret names).
+    """What a step job needs of its execution (id, variables, trigger, secret names, sealed secret values).
 
     These never change during an execution, so each worker process reads them once. Keyed by
     the primary key, which is never handed to another execution (AUTOINCREMENT, migration 0004);
@@ -636,7 +638,7 @@ def job_context(execution_pk: int):
     if found is None:
         found = db.session.execute(select(
             WorkflowExecution.id, WorkflowExecution.execution_id, WorkflowExecution.context_variables,
-            WorkflowExecution.trigger_data, WorkflowExecution.secret_variables,
+            WorkflowExecution.trigger_data, WorkflowExecution.secret_variables, WorkflowExecution.secret_values,
         ).where(WorkflowExecution.id == execution_pk)).one()
         if len(_JOB_CONTEXT) > 1024:
             _JOB_CONTEXT.clear()
@@ -798,7 +800,11 @@ def _rerun(execution: WorkflowExecution, from_ids: list[int] | None, use_current
         raise Conflict(f"Step '{latest[needed].step_name}' is not in the current definition (v{frozen['version']}): "
                        f"retry it as it ran (v{execution.pipeline_version}).")
     kept = {sid: latest[sid] for sid in rp.keep if sid in ids_now}
-    merged_vars = {**(execution.context_variables or {}), **_check_variables(variables)}
+    try:  # the child runs with its parent's secrets, sealed again
+        inherited = secrets_store.clear_variables(execution.context_variables, execution.secret_values)
+    except secrets_store.SecretsUnavailable as e:
+        raise Conflict(f"Execution {execution.execution_id} cannot be run again: {e}") from None
+    merged_vars = {**inherited, **_check_variables(variables)}
     return start(
         pipeline, trigger_data={**(execution.trigger_data or {}), "resumed_from": execution.execution_id},
         variables=merged_vars, user=user, trigger_type="resume",

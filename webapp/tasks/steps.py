@@ -135,9 +135,10 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     from ..models import StepExecutionHistory as SEH, utcnow
     from ..queues import stop_requested
     from ..runners import registry
-    from ..runners.base import StepContext
+    from ..runners.base import StepContext, StepResult
     from ..runners.env import build_env
     from ..services import executions as svc
+    from ..services import secrets_store
 
     attempt_id = claimed.id
     job = svc.job_context(claimed.execution_id)
@@ -146,7 +147,10 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     cfg = current_app.config
     workspace = Path(cfg["WORKSPACE_ROOT"]) / job.execution_id
     workspace.mkdir(parents=True, exist_ok=True)
-    variables = job.context_variables or {}
+    try:  # the secrets' clear values live only here, in the step's env and the masker
+        variables, unsealable = secrets_store.clear_variables(job.context_variables, job.secret_values), None
+    except secrets_store.SecretsUnavailable as e:   # a key problem fails the attempt, not the worker
+        variables, unsealable = dict(job.context_variables or {}), str(e)
     secrets = [str(variables[k]) for k in job.secret_variables or [] if k in variables and str(variables[k])]
     engine = db.engine
 
@@ -174,7 +178,8 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
     heartbeat.watch(engine, attempt_id, job.id if summary_stale else None)
     try:
-        result = registry.run_step(ctx)  # a runner bug becomes a failed attempt (masked), never a dead worker
+        result = (StepResult("failed", failure="error", error_message=unsealable, logs=unsealable) if unsealable
+                  else registry.run_step(ctx))  # a runner bug becomes a failed attempt (masked), never a dead worker
         claim = _next_work(result.status == "success" and svc.may_unlock(fz, claimed.step_id))
         if claim is not None and claim.attempt_id is None:  # a successor: its upstream is ours and this step
             claim.known = (graph.upstream(fz.definition, claimed.step_id) | {claimed.step_id},
