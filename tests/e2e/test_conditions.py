@@ -41,6 +41,8 @@ def test_failed_tests_never_reach_a_gated_deploy(page, live_server, workers, use
     deploy = page.locator('.ex-step[data-step="deploy"]')
     expect(deploy).to_contain_text("unit tests failed")
     expect(deploy).to_contain_text("rule on_success")
+    expect(deploy.locator(".pill").first).to_have_text("skipped (upstream failed)")
+    expect(page.locator('.ex-step[data-step="canary eu"] .pill').first).to_have_text("skipped")  # its own condition
     assert "waiting" not in deploy.inner_text().lower()
 
     db.session.expire_all()

@@ -42,8 +42,14 @@ def never_ran(attempts) -> bool:
 
 
 def step_status(status: str, attempts) -> str:
-    """The status a person reads for a step: 'not_run' for one cancelled before it started."""
-    return "not_run" if status == "cancelled" and never_ran(attempts) else status
+    """The status a person reads for a step: 'not_run' for one cancelled before it started,
+    'upstream_failed' for one skipped because something above it failed (not by its own condition)."""
+    if status == "cancelled" and never_ran(attempts):
+        return "not_run"
+    attempts = list(attempts)
+    if status == "skipped" and attempts and attempts[-1].upstream_failed and not attempts[-1].bypassed:
+        return "upstream_failed"
+    return status
 
 
 def group_verdict(status: str, members) -> tuple[str, str] | None:
