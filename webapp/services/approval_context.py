@@ -17,6 +17,7 @@ from ..engine import graph
 from ..extensions import db
 from ..models import ApprovalRequest, StepExecutionHistory as SEH, WorkflowExecution
 from ..models.snapshots import cached_pipeline_def
+from . import run_summary
 
 MASK = "••••••"
 FAILED = ("failed", "timed_out")
@@ -41,12 +42,7 @@ def _latest(execution_pk: int) -> dict[int, Any]:
                SEH.exit_code, SEH.skip_reason, SEH.upstream_failed, SEH.bypassed, SEH.finished_at)
         .where(SEH.execution_id == execution_pk)
     ).all()
-    latest: dict[int, Any] = {}
-    for r in rows:
-        cur = latest.get(r.step_id)
-        if cur is None or (r.retry_count, r.id) > (cur.retry_count, cur.id):
-            latest[r.step_id] = r
-    return latest
+    return run_summary.latest_by_step(rows)
 
 
 def _kind(row) -> str:

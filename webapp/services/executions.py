@@ -225,13 +225,7 @@ def _load(execution_pk: int):
     return execution, fz, rows, approvals, tails
 
 
-def _latest_by_step(attempts) -> dict[int, Any]:
-    latest: dict[int, Any] = {}
-    for a in attempts:
-        cur = latest.get(a.step_id)
-        if cur is None or (a.retry_count, a.id) > (cur.retry_count, cur.id):
-            latest[a.step_id] = a
-    return latest
+_latest_by_step = run_summary.latest_by_step
 
 
 def advance(execution_pk: int, first: Callable[[], int | None] | None = None, claim: "Claim | None" = None) -> list:

@@ -6,7 +6,7 @@ members never ran.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import func, select
 
@@ -33,6 +33,16 @@ def status_text(status: str, bypassed: int = 0) -> str:
     """'success · 1 bypassed': a run that went on past a person's bypass says so."""
     text = status.replace("_", " ")
     return f"{text} · {bypassed} bypassed" if bypassed else text
+
+
+def latest_by_step(attempts) -> dict[int, Any]:
+    """The latest attempt of each step (highest retry_count, then id), by step id."""
+    latest: dict[int, Any] = {}
+    for a in attempts:
+        cur = latest.get(a.step_id)
+        if cur is None or (a.retry_count, a.id) > (cur.retry_count, cur.id):
+            latest[a.step_id] = a
+    return latest
 
 
 def never_ran(attempts) -> bool:
