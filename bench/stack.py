@@ -132,6 +132,10 @@ class Stack:
             "ANSFLOW_QUEUE_PREFIX": self.prefix,
             "ANSFLOW_WORKSPACE": self.settings["WORKSPACE_ROOT"],
             "SECRET_KEY": "bench-secret",
+            # The targets measure orchestration against raw RQ, whose jobs run `true` unsandboxed: AnsFlow's
+            # steps run unsandboxed too unless BENCH_STEP_ISOLATION asks for a level (the sandbox's own cost per
+            # step, measured apart, is in bench/README.md: none ~3 ms, user ~8 ms, bwrap ~25 ms).
+            "ANSFLOW_STEP_ISOLATION": os.environ.get("BENCH_STEP_ISOLATION", "none"),
         })
         return env
 
