@@ -96,3 +96,29 @@ def test_flask_reconciler_reconciles_without_any_step_worker(app, app_settings, 
         proc.terminate()
         proc.wait(15)
     assert "reconciler" in (tmp_path / "reconciler.log").read_text()
+
+
+def test_an_outage_is_said_once_and_the_first_pass_after_it_requeues_at_once(app, caplog):
+    import logging
+
+    from webapp.embedded_redis import free_port
+    from webapp.tasks.reconcile import Reconciler
+
+    e = run(make_pipeline([{"name": "only", "parameters": {"command": "true"}}]))
+    attempt = attempts(e, "only")[0]
+    Job.fetch(attempt.rq_job_id, connection=redis_conn()).delete()  # swallowed by the outage
+    _age_queued(e, 2)  # well inside the usual grace
+    live = app.config["REDIS_URL"]
+    reconciler = Reconciler(app)
+    app.config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: Redis is away
+    with caplog.at_level(logging.DEBUG, logger="webapp.tasks.reconcile"):
+        try:
+            for _ in range(3):
+                assert reconciler.pass_once() is None
+        finally:
+            app.config["REDIS_URL"] = live
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "a pass failed" in warnings[0].getMessage()
+        report = reconciler.pass_once()
+    assert report["requeued"] == [attempt.id]  # at once, not after the grace
+    assert any("passes work again" in r.getMessage() for r in caplog.records)

@@ -75,13 +75,33 @@ class Reconciler(threading.Thread):
         super().__init__(daemon=True, name="ansflow-reconciler")
         self.app = app
         self.stopped = threading.Event()
+        self.outage_since: float | None = None
 
     def run(self) -> None:
         every = self.app.config["RECONCILE_SECONDS"]
         while not self.stopped.wait(every):
-            try:
-                report = reconcile_once(self.app)
-                if report and (report["lost"] or report["requeued"]):
-                    log.warning("reconciler: %s", report)
-            except Exception:  # Redis or the database may be down for a moment: try next pass
-                log.exception("reconciler pass failed")
+            self.pass_once()
+
+    def pass_once(self) -> dict | None:
+        """One pass, said once per outage rather than once per failed pass. The first pass after an
+        outage re-queues with a short grace: the enqueues the outage swallowed (attempts queued in the
+        database with no job in Redis) go back to the queue at once, not after the usual grace."""
+        import time
+
+        recovering = self.outage_since is not None
+        try:
+            report = reconcile_once(self.app, queued_grace=1.0 if recovering else None)
+        except Exception:  # noqa: BLE001 - Redis or the database is away: try next pass
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.warning("reconciler: a pass failed (Redis or the database away?); retrying every %s s",
+                            self.app.config["RECONCILE_SECONDS"], exc_info=True)
+            else:
+                log.debug("reconciler pass failed again", exc_info=True)
+            return None
+        if recovering:
+            log.warning("reconciler: passes work again after %.0f s", time.monotonic() - self.outage_since)
+            self.outage_since = None
+        if report and (report["lost"] or report["requeued"]):
+            log.warning("reconciler: %s", report)
+        return report
