@@ -45,7 +45,7 @@ def requeue_dead(attempt_id: int, conn) -> None:
     requeue_attempt(attempt_id)
 
 
-def reconcile_once(app: Flask, queued_grace: float | None = None) -> dict | None:
+def reconcile_once(app: Flask, queued_grace: float | None = None, lost_after: float | None = None) -> dict | None:
     from ..extensions import db
     from ..queues import redis_conn
     from ..services import executions as svc
@@ -59,6 +59,7 @@ def reconcile_once(app: Flask, queued_grace: float | None = None) -> dict | None
         try:
             report = svc.reconcile(
                 app.config["HEARTBEAT_SECONDS"],
+                lost_after=lost_after,
                 queued_grace=app.config["RECONCILE_QUEUED_GRACE_SECONDS"] if queued_grace is None else queued_grace,
                 job_exists=lambda job_id: job_alive(job_id, conn),
                 requeue=lambda attempt_id: requeue_dead(attempt_id, conn),
@@ -76,6 +77,7 @@ class Reconciler(threading.Thread):
         self.app = app
         self.stopped = threading.Event()
         self.outage_since: float | None = None
+        self.recovered_at: float | None = None
 
     def run(self) -> None:
         every = self.app.config["RECONCILE_SECONDS"]
@@ -89,8 +91,14 @@ class Reconciler(threading.Thread):
         import time
 
         recovering = self.outage_since is not None
+        # While the database was away no heartbeat could be written: a running attempt is "lost" only
+        # once its worker had 3 heartbeats' time to beat again since this reconciler saw it return
+        # (else a step finishing during the outage, its worker retrying the record, raced the reconciler).
+        quiet = recovering or (self.recovered_at is not None
+                               and time.monotonic() - self.recovered_at < 3 * self.app.config["HEARTBEAT_SECONDS"])
+        lost_after = 10.0 ** 9 if quiet else None  # no attempt is declared lost in this pass
         try:
-            report = reconcile_once(self.app, queued_grace=1.0 if recovering else None)
+            report = reconcile_once(self.app, queued_grace=1.0 if recovering else None, lost_after=lost_after)
         except Exception:  # noqa: BLE001 - Redis or the database is away: try next pass
             if self.outage_since is None:
                 self.outage_since = time.monotonic()
@@ -102,6 +110,7 @@ class Reconciler(threading.Thread):
         if recovering:
             log.warning("reconciler: passes work again after %.0f s", time.monotonic() - self.outage_since)
             self.outage_since = None
+            self.recovered_at = time.monotonic()
         if report and (report["lost"] or report["requeued"]):
             log.warning("reconciler: %s", report)
         return report

@@ -155,10 +155,15 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
     engine = db.engine
 
     def on_log(text: str) -> None:
-        # The runner calls this only when the log changed, at most twice a second.
-        with engine.begin() as conn:
-            conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
-                         .values(logs=text, heartbeat_at=utcnow()))
+        # The runner calls this only when the log changed, at most twice a second. A live view missed
+        # while the database is away is no reason to fail the step: the whole log is recorded at its end.
+        try:
+            with engine.begin() as conn:
+                conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
+                             .values(logs=text, heartbeat_at=utcnow()))
+        except Exception as exc:  # noqa: BLE001 - only the database being away is let pass
+            if not _database_away(exc):
+                raise
 
     def should_stop() -> str | None:
         # The runners enforce the step timeout themselves; this carries cancel requests.
@@ -185,13 +190,18 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
             claim.known = (graph.upstream(fz.definition, claimed.step_id) | {claimed.step_id},
                            {**outputs, **({step["name"]: result.outputs} if result.outputs else {})})
         # the heartbeat goes on until the result is in: a database outage must not make it "worker lost"
-        recorded = _record(attempt_id, job.id, claimed, result, claim)
+        recorded, claim = _record(attempt_id, job.id, claimed, result, claim)
     finally:
         heartbeat.release()
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
-            svc.emit_step_event(event, job.id, fz, attempt_id)
+            try:
+                svc.emit_step_event(event, job.id, fz, attempt_id)
+            except Exception as exc:  # noqa: BLE001 - a lost event must not strand the claimed next step
+                if not _database_away(exc):
+                    raise
+                log.warning("attempt %s: its %s event was lost to a database outage", attempt_id, event)
     if claim is not None and claim.row is None and claim.attempt_id is not None:
         # the taken job's attempt belongs to another execution (or is no longer queued)
         claim.take_queued_alone()
@@ -209,22 +219,31 @@ def _database_away(exc: BaseException) -> bool:
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
-def _record(attempt_id: int, execution_pk: int, claimed, result, claim) -> bool:
+def _record(attempt_id: int, execution_pk: int, claimed, result, claim):
     """finish_attempt, retried with backoff while the database is away (a finished step's result is
     never dropped: before, one raise lost it and the attempt later failed as "worker lost" although
-    its worker was alive). The retries give up the claim of a next step: a step job it took from the
-    queue stays queued without its job, which the reconciler re-queues."""
+    its worker was alive). Returns (recorded, the claim to go on with).
+
+    An error may come after the commit (a connection lost during COMMIT, or an after-commit action):
+    so before trying again the attempt is read back, and when its record is in, the worker goes on
+    with the successor that transaction claimed for it, if any. A retry gives the claim up: a step
+    job it took from the queue stays queued without its job, which the reconciler re-queues."""
     import random
 
     from ..extensions import db
     from ..services import executions as svc
 
     deadline = time.monotonic() + current_app.config["RECORD_RETRY_SECONDS"]
-    delay, said = 0.1, False
+    delay, said, in_doubt = 0.1, False, False
     while True:
         try:
+            if in_doubt:
+                settled = _recorded_meanwhile(attempt_id, result.status, claim)
+                if settled is not None:
+                    return settled
+                claim = None
             return svc.finish_attempt(attempt_id, execution_pk, claimed.started_at, result,
-                                      step_id=claimed.step_id, claim=claim)
+                                      step_id=claimed.step_id, claim=claim), claim
         except Exception as exc:  # noqa: BLE001 - only the database being away is retried
             if not _database_away(exc) or time.monotonic() > deadline:
                 raise
@@ -237,9 +256,30 @@ def _record(attempt_id: int, execution_pk: int, claimed, result, claim) -> bool:
                 log.warning("attempt %s finished %s but the database is away: retrying until it answers",
                             attempt_id, result.status)
                 said = True
-            claim = None
+            in_doubt = True
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(1.0, delay * 2)
+
+
+def _recorded_meanwhile(attempt_id: int, status: str, claim):
+    """(recorded, claim) when the attempt is no longer running (its record committed after all, or
+    the reconciler gave up on it), keeping the claim only if its attempt runs in this worker's name;
+    None when it still waits for its record."""
+    from sqlalchemy import select
+
+    from ..extensions import db
+    from ..models import StepExecutionHistory as SEH
+
+    row = db.session.execute(select(SEH.status).where(SEH.id == attempt_id)).first()
+    kept = None
+    if row is not None and row.status != "running" and claim is not None and claim.row is not None:
+        mine = db.session.execute(select(SEH.status, SEH.worker_name).where(SEH.id == claim.row.id)).first()
+        if mine is not None and mine.status == "running" and mine.worker_name == claim.worker_name:
+            kept = claim
+    db.session.commit()
+    if row is not None and row.status == "running":
+        return None
+    return (row is not None and row.status == status), kept
 
 
 def _next_work(may_unlock: bool):
