@@ -54,6 +54,9 @@ class _Heartbeat(threading.Thread):
         self.every = every
         self.target: tuple | None = None  # (engine, attempt id)
         self.ticks = threading.Event()  # never set: its wait is an interruptible periodic timer
+        # attempt id -> the status the database gave it while this worker still runs it (a cancel
+        # whose Redis signal was lost, or "worker lost" after an outage): the runner stops it
+        self.ended: dict[int, str] = {}
 
     def watch(self, engine, attempt_id: int, summary_of: int | None = None) -> None:
         """Beat for this attempt; with `summary_of` (an execution pk), also refresh that
@@ -68,19 +71,31 @@ class _Heartbeat(threading.Thread):
             self.ticks.wait(self.every)
             target = self.target
             if target is not None:
-                _beat(*target)
+                ended = _beat(*target)
+                if ended is not None and self.target is target:
+                    self.ended[target[1]] = ended
                 if target[2] is not None and self.target is target:
                     self.target = (*target[:2], None)
 
+    def stop_for(self, attempt_id: int) -> str | None:
+        return self.ended.get(attempt_id)
 
-def _beat(engine, attempt_id: int, summary_of: int | None = None) -> None:
+
+def _beat(engine, attempt_id: int, summary_of: int | None = None) -> str | None:
+    """One heartbeat; returns the attempt's status when the database no longer has it running."""
+    from sqlalchemy import select
+
     from ..models import StepExecutionHistory as SEH, utcnow
     from ..services import step_sql
 
+    ended = None
     try:
         with engine.begin() as conn:
-            conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
-                         .values(heartbeat_at=utcnow()))
+            beat = conn.execute(update(SEH).where(SEH.id == attempt_id, SEH.status == "running")
+                                .values(heartbeat_at=utcnow()))
+            if beat.rowcount == 0:
+                status = conn.execute(select(SEH.status).where(SEH.id == attempt_id)).scalar()
+                ended = "timed_out" if status == "timed_out" else "cancelled"
         if summary_of is not None:
             # A transaction of its own: holding the attempt's row while waiting for the
             # execution's row would deadlock with this worker's own record of the attempt,
@@ -89,6 +104,7 @@ def _beat(engine, attempt_id: int, summary_of: int | None = None) -> None:
                 conn.execute(step_sql.CURRENT_STEP, {"pk": summary_of})
     except Exception:  # a busy database skips one beat; the next one retries
         pass
+    return ended
 
 
 _HEARTBEATS: dict[int, _Heartbeat] = {}
@@ -165,9 +181,12 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
             if not _database_away(exc):
                 raise
 
+    heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
+
     def should_stop() -> str | None:
-        # The runners enforce the step timeout themselves; this carries cancel requests.
-        return stop_requested(attempt_id)
+        # The runners enforce the step timeout themselves; this carries cancel requests: Redis's
+        # signal, or the database's word at the last heartbeat (a signal lost in a Redis outage)
+        return heartbeat.stop_for(attempt_id) or stop_requested(attempt_id)
 
     attempt_number = claimed.retry_count + 1
     ctx = StepContext(
@@ -180,7 +199,6 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
         log_max_bytes=cfg["LOG_MAX_BYTES"], on_log=on_log, should_stop=should_stop,
     )
     db.session.commit()  # release any read transaction before a long step
-    heartbeat = _heartbeat(cfg["HEARTBEAT_SECONDS"])
     heartbeat.watch(engine, attempt_id, job.id if summary_stale else None)
     try:
         result = (StepResult("failed", failure="error", error_message=unsealable, logs=unsealable) if unsealable
@@ -193,6 +211,7 @@ def _run_claimed(claimed, outputs: dict, summary_stale: bool = False):
         recorded, claim = _record(attempt_id, job.id, claimed, result, claim)
     finally:
         heartbeat.release()
+        heartbeat.ended.pop(attempt_id, None)
     if recorded:
         event = {"success": "step_success", "failed": "step_failed", "timed_out": "timed_out"}.get(result.status)
         if event:
