@@ -58,26 +58,26 @@ def test_advanced_config_takes_both_shapes_and_answers_the_new_one(api_as, users
     assert resp.status_code == 422 and "takes no arguments" in resp.json["fields"]["conditions.expression"]
 
 
-def test_rows_stored_in_the_old_shape_read_as_the_new_one(app, users):
-    p = svc.import_yaml(_yaml(None), owner=users["maintainer"])
+def _pipeline_with_an_old_row(owner):
+    """A pipeline whose deploy step is stored as written before the change (an earlier version's row)."""
+    p = svc.import_yaml(_yaml(None), owner=owner)
     step = next(s for s in p.steps if s.name == "deploy")
-    # as written before the change (a stored definition from an earlier version)
     db.session.execute(db.update(PipelineStep).where(PipelineStep.id == step.id)
                        .values(conditions={"type": "expression", "expression": EXPR}))
     db.session.commit()
     db.session.expire_all()
+    return p, step
+
+
+def test_rows_stored_in_the_old_shape_read_as_the_new_one(app, users):
+    p, _ = _pipeline_with_an_old_row(users["maintainer"])
     p = db.session.get(Pipeline, p.id)
     deploy = next(s for s in svc.export_definition(p)["steps"] if s["name"] == "deploy")
     assert deploy["conditions"] == {"type": "on_success", "expression": EXPR}
 
 
-
 def test_the_editor_shows_the_rule_and_the_expression_apart(client_as, users):
-    p = svc.import_yaml(_yaml(None), owner=users["maintainer"])
-    step = next(s for s in p.steps if s.name == "deploy")
-    db.session.execute(db.update(PipelineStep).where(PipelineStep.id == step.id)
-                       .values(conditions={"type": "expression", "expression": EXPR}))
-    db.session.commit()
+    p, step = _pipeline_with_an_old_row(users["maintainer"])
     c = client_as("maintainer")
     html = c.get(f"/pipelines/{p.id}/steps/{step.id}/edit").get_data(as_text=True)
     assert 'value="on_success" selected' in html and 'value="expression"' not in html
