@@ -25,6 +25,6 @@ def test_a_cancel_without_its_signal_stops_the_step_at_the_next_heartbeat(app, w
     db.session.execute(db.update(StepExecutionHistory).where(StepExecutionHistory.id == attempt.id)
                        .values(status="cancelled", failure_kind="cancelled", finished_at=utcnow()))
     db.session.commit()
-    wait_for(lambda: not _with_marker(marker), timeout=3 * app.config["HEARTBEAT_SECONDS"] + 10,
+    wait_for(lambda: not _with_marker(marker), timeout=3 * app.config["HEARTBEAT_SECONDS"] + 40,
              message="the step to be stopped by its heartbeat")
     assert latest(e, "long").status == "cancelled"
