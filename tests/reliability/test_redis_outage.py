@@ -39,14 +39,15 @@ def test_workers_survive_a_redis_restart_with_every_worker_busy(app, workers, re
                  for n in range(2 * SCALE)]
     procs = workers(2)
     executions = [run(p) for p in pipelines]
-    for e in executions:
-        wait_status(e, "a", "running")  # both workers busy
+    # every worker busy (with more executions than workers, the rest wait in Redis and are lost with it)
+    wait_for(lambda: sum(latest(e, "a").status == "running" for e in executions) == len(procs), timeout=60,
+             message="every worker to be busy")
 
     port = redis_server.port
     redis_server.stop()
     gate.touch()  # the running steps finish while Redis is down: their post-commit enqueue fails
-    for e in executions:
-        wait_status(e, "a", "success")
+    wait_for(lambda: sum(latest(e, "a").status == "success" for e in executions) >= len(procs), timeout=60,
+             message="the running steps to finish during the outage")
     restarted = EmbeddedRedis(port=port, workdir=tmp_path / "redis2").start()
     redis_server.proc = restarted.proc  # stopped by the fixture
     back = time.monotonic()

@@ -86,7 +86,7 @@ class Reconciler(threading.Thread):
 
     def pass_once(self) -> dict | None:
         """One pass, said once per outage rather than once per failed pass. The first pass after an
-        outage re-queues with a short grace: the enqueues the outage swallowed (attempts queued in the
+        outage re-queues with no grace: the enqueues the outage swallowed (attempts queued in the
         database with no job in Redis) go back to the queue at once, not after the usual grace."""
         import time
 
@@ -98,7 +98,7 @@ class Reconciler(threading.Thread):
                                and time.monotonic() - self.recovered_at < 3 * self.app.config["HEARTBEAT_SECONDS"])
         lost_after = 10.0 ** 9 if quiet else None  # no attempt is declared lost in this pass
         try:
-            report = reconcile_once(self.app, queued_grace=1.0 if recovering else None, lost_after=lost_after)
+            report = reconcile_once(self.app, queued_grace=0.0 if recovering else None, lost_after=lost_after)
         except Exception:  # noqa: BLE001 - Redis or the database is away: try next pass
             if self.outage_since is None:
                 self.outage_since = time.monotonic()

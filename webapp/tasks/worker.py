@@ -92,13 +92,13 @@ def serve(app: Flask, make_worker, *, burst: bool, with_scheduler: bool, logging
 
 def _replay_lost_enqueues(app: Flask, log) -> None:
     """Right after an outage, re-queue the attempts whose enqueue it swallowed (they are queued in the
-    database with no job in Redis) instead of leaving them to the reconciler's grace: a second pass
-    with a short grace. An attempt enqueued by someone else in the same second may get a second job,
+    database with no job in Redis) instead of leaving them to the reconciler's grace: a pass with no grace. An attempt that
+    another process is enqueueing at that very moment may get a second job,
     which is harmless (the claim is conditional)."""
     from .reconcile import reconcile_once
 
     try:
-        report = reconcile_once(app, queued_grace=1.0)
+        report = reconcile_once(app, queued_grace=0.0)
     except Exception:  # noqa: BLE001 - the periodic reconciler will do it
         log.debug("replay after the outage failed", exc_info=True)
         return
