@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FLASK := $(PY) -m flask --app wsgi
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: run test setup migrate chromium bubblewrap bench bench-quick soak clean
+.PHONY: run test setup migrate chromium bubblewrap postgres-server bench bench-quick soak clean
 
 $(STAMP): requirements.txt
 	@test -n "$(PYTHON)" || { echo "AnsFlow needs Python 3.11 or newer on PATH."; exit 1; }
@@ -45,7 +45,23 @@ bubblewrap:
 		echo "bubblewrap could not be installed: the sandbox tests run the other levels."; \
 	fi
 
-test: setup chromium bubblewrap
+# The database-outage test (tests/reliability) starts and stops a PostgreSQL of its own: Debian's server
+# binaries (initdb, pg_ctl), installed without the package's own cluster or service.
+postgres-server:
+	@if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's postgresql server binaries for the database-outage test..."; \
+			mkdir -p /etc/postgresql-common; \
+			grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+				echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+				echo "postgresql could not be installed: the database-outage test will fail and say why."; \
+		else \
+			echo "The database-outage test needs PostgreSQL's server binaries: run 'sudo apt-get install postgresql'."; \
+		fi; \
+	fi
+
+test: setup chromium bubblewrap postgres-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -1,6 +1,7 @@
 """PostgreSQL stopped for 10 s in the middle of a run (issue 14): no attempt stuck, no result lost,
 no step run twice; the run finishes once the database is back. The test starts a PostgreSQL of
-its own (initdb + pg_ctl) and says so when the machine has none."""
+its own (initdb + pg_ctl; `make test` installs Debian's server binaries) and fails, saying why,
+when the machine cannot."""
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def _reload(pks):
 def own_postgres():
     why = unavailable()
     if why:
-        pytest.skip(f"the database-outage test needs its own PostgreSQL: {why}")
+        pytest.fail(f"the database-outage test needs a PostgreSQL of its own: {why} (`make test` installs it)")
     pg = OwnPostgres().init()
     pg.start()
     yield pg
