@@ -244,7 +244,6 @@ class _Compiled:
         # (key for dep_outcomes, kind 0=step/1=group, ref): the dependencies a rule sees
         cond_units: dict[int, tuple[tuple[str, int, Any], ...]] = {}
         previous: dict[int, int | None] = {}
-        rule: dict[int, str] = {}
         always: set[int] = set()
         approval: set[int] = set()
         preds: dict[int, tuple[int, ...]] = {}  # barrier predecessors (for descendants)
@@ -295,8 +294,6 @@ class _Compiled:
                 p.update(members[g])
             preds[sid] = tuple(p)
             previous[sid] = max(deps, key=lambda d: (by_id[d].order, d)) if deps else None
-            r = (conds.get("type") if isinstance(conds, dict) else None) or "on_success"
-            rule[sid] = r
             if runs_on_cancel(conds):
                 always.add(sid)
             if s.approval_required or s.step_type == "approval":
@@ -307,7 +304,6 @@ class _Compiled:
         self.dep_groups = dep_groups
         self.cond_units = cond_units
         self.previous = previous
-        self.rule = rule
         self.always = frozenset(always)
         self.approval = frozenset(approval)
         self.preds = preds
