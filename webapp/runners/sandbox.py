@@ -34,7 +34,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import lifetime
+
 BWRAP, USER, NONE = "bwrap", "user", "none"
+_HAS_SETPRIV = shutil.which("setpriv") is not None
 LEVELS = (BWRAP, USER, NONE)
 DEFAULT_UIDS = "2000000000-2099999999"
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -286,7 +289,8 @@ def _wrap(self: Sandbox, argv: list[str], workspace: Path, uid: int | None, bind
         # itself, and copying the worker's page tables costs more than exec'ing setpriv
         return _setpriv(uid) + list(argv)
     if self.level != BWRAP:
-        return list(argv)
+        # the shell dies with its worker (bwrap's --die-with-parent does this for the level above)
+        return (["setpriv", *lifetime.PDEATHSIG] if _HAS_SETPRIV else []) + list(argv)
     args = ["bwrap", "--die-with-parent"]
     if uid is not None:
         # bwrap as root: no user namespace (it would map the step's uid back to root); the step
@@ -345,7 +349,7 @@ def _setpriv(uid: int) -> list[str]:
     """Become `uid` (and gid `uid`, no other groups) with no capabilities and no way back up
     (no_new_privs: setuid binaries do not raise it)."""
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs"]
+            "--bounding-set=-all", "--no-new-privs", *lifetime.PDEATHSIG]
 
 
 def step_env_overrides(sandbox: Sandbox, workspace: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import lifetime
 from . import sandbox as sandboxes
 from .base import (
     CANCELLED, FAILED, SUCCESS, TIMED_OUT, LogBuffer, StepContext, StepResult, error_result, mask,
@@ -49,7 +50,7 @@ KILL_GRACE = 3.0          # SIGTERM -> SIGKILL
 REAP_TIMEOUT = 5.0        # how long to wait for the killed group to disappear
 FAST_REAP = 0.05          # seconds a finished group is polled without a /proc scan
 OUTPUT_MAX_BYTES = 64 * 1024
-RESERVED_ENV = ("ANSFLOW_OUTPUT", "ANSFLOW_WORKSPACE")
+RESERVED_ENV = ("ANSFLOW_OUTPUT", "ANSFLOW_WORKSPACE", lifetime.COOKIE_VAR)
 
 
 def run(ctx: StepContext) -> StepResult:
@@ -69,11 +70,17 @@ def run(ctx: StepContext) -> StepResult:
     except (OSError, sandboxes.SandboxError) as exc:
         return error_result(f"cannot prepare the workspace: {exc}", ctx)
     env = step_env(ctx.env, static_env, workspace, output_file)
+    log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
     for name, value in sandboxes.step_env_overrides(box, workspace).items():
         if name not in static_env:   # the worker's HOME and TMPDIR are not the step's to use
             env[name] = value
-    log = LogBuffer(ctx.log_max_bytes, ctx.secrets)
-    if box.level != sandboxes.NONE and not os.access(BASH, os.X_OK):
+    run_cookie = lifetime.cookie(ctx.execution_id, ctx.step_name, ctx.attempt_id)
+    env[lifetime.COOKIE_VAR] = run_cookie
+    if ctx.attempt_number > 1:
+        fenced = lifetime.kill_carriers(lifetime.lineage(ctx.execution_id, ctx.step_name))
+        if fenced:
+            log.line(f"[ansflow] stopped {fenced} process(es) an earlier attempt left running on this host")
+    if not os.access(BASH, os.X_OK):   # every level starts bash through a wrapper, which would only exit 127
         return error_result(f"could not start bash: {BASH} is not executable", ctx)
 
     _subreaper_acquire()
@@ -95,6 +102,9 @@ def run(ctx: StepContext) -> StepResult:
                 group.terminate(KILL_GRACE)
         finally:
             code = group.finish()
+            escaped = lifetime.sweep(run_cookie)
+            if escaped:
+                log.line(f"[ansflow] stopped {escaped} process(es) that left the step's process group")
     finally:
         _subreaper_release()
 
