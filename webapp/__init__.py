@@ -5,11 +5,12 @@ from typing import Any
 
 from flask import Flask
 
+from .app_class import AnsFlowFlask
 from .config import ROOT, Config
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(
+    app = AnsFlowFlask(
         __name__,
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),

@@ -90,6 +90,7 @@ class Config:
         # pool_pre_ping would ping before every transaction, a round trip per step write.
         self.SQLALCHEMY_ENGINE_OPTIONS: dict = {}
         self.DB_PING_AFTER_SECONDS = float(os.environ.get("ANSFLOW_DB_PING_AFTER_SECONDS", "5"))
+        self.DB_CONFLICT_RETRIES = int(os.environ.get("ANSFLOW_DB_CONFLICT_RETRIES", "3"))
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)

@@ -14,7 +14,6 @@ from webapp.models import WorkflowExecution
 
 from ..conftest import wait_for
 from ..tasks.helpers import attempts, make_pipeline, run, status_map, wait_finished
-from .own_postgres import OwnPostgres, unavailable
 
 pytestmark = pytest.mark.integration
 OUTAGE_SECONDS = 10
@@ -27,21 +26,6 @@ def _reload(pks):
     except Exception:  # noqa: BLE001 - still starting
         db.session.remove()
         return None
-
-
-@pytest.fixture
-def own_postgres():
-    why = unavailable()
-    if why:
-        pytest.fail(f"the database-outage test needs a PostgreSQL of its own: {why} (`make test` installs it)")
-    pg = OwnPostgres().init()
-    pg.start()
-    yield pg
-    try:
-        pg.stop()
-    except Exception:
-        pass
-    pg.remove()
 
 
 @pytest.fixture
