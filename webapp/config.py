@@ -64,6 +64,10 @@ class Config:
         self.STEP_UIDS = os.environ.get("ANSFLOW_STEP_UIDS", "2000000000-2099999999")
         self.QUEUE_PREFIX = os.environ.get("ANSFLOW_QUEUE_PREFIX", "ansflow")
         self.MAX_RETRIES_CAP = int(os.environ.get("ANSFLOW_MAX_RETRIES_CAP", "10"))
+        # Bounded input (issue 15): request bodies (JSON and YAML), steps per pipeline
+        self.MAX_BODY_BYTES = int(os.environ.get("ANSFLOW_MAX_BODY_BYTES", str(2 * 1024 * 1024)))
+        self.MAX_CONTENT_LENGTH = self.MAX_BODY_BYTES
+        self.MAX_STEPS = int(os.environ.get("ANSFLOW_MAX_STEPS", "2000"))
         self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))
         self.RECONCILE_SECONDS = int(os.environ.get("ANSFLOW_RECONCILE_SECONDS", "15"))
         # a queued attempt whose job RQ will not run is re-queued once it has waited this long
