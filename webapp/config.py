@@ -70,9 +70,9 @@ class Config:
         self.MAX_STEPS = int(os.environ.get("ANSFLOW_MAX_STEPS", "2000"))
         self.LOG_MAX_BYTES = int(os.environ.get("ANSFLOW_LOG_MAX_BYTES", str(256 * 1024)))
         self.RECONCILE_SECONDS = int(os.environ.get("ANSFLOW_RECONCILE_SECONDS", "15"))
-        # a queued attempt whose job RQ will not run is re-queued once it has waited this long
         # how long a worker retries recording a finished step while the database is away
         self.RECORD_RETRY_SECONDS = float(os.environ.get("ANSFLOW_RECORD_RETRY_SECONDS", "600"))
+        # a queued attempt whose job RQ will not run is re-queued once it has waited this long
         self.RECONCILE_QUEUED_GRACE_SECONDS = float(os.environ.get("ANSFLOW_RECONCILE_QUEUED_GRACE_SECONDS", "10"))
         # After a step, a worker runs the next step itself (the head of the step queue, or a successor its
         # step unlocks when the queues are empty) instead of going back to RQ (tasks.steps._next_work)
