@@ -10,9 +10,12 @@ from ..security import api_role_required
 from ..services import executions as svc
 from ..services import pipelines as pipelines_svc
 from ..services import run_summary
-from ..services.accounts import ValidationError
-from . import bp, error
-from .openapi import _op, register
+from ..schemas import api as schema
+from ..services.errors import NotFound
+from . import body, bp, found, query
+from .spec import validate
+
+TAGS = ("executions",)
 
 
 def _iso(dt):
@@ -62,86 +65,58 @@ def execution_json(e: WorkflowExecution, full: bool = False, bypassed: int | Non
     return out
 
 
-def _body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None and not request.data:
-        return {}
-    if not isinstance(data, dict):
-        raise ValidationError("Send a JSON object.", {"body": "expected a JSON object"})
-    return data
-
-
-def _execution_or_404(execution_id: str):
-    e = svc.get_execution(execution_id)
-    if e is None:
-        return None, error("execution not found", 404)
-    return e, None
-
-
-def _conflict(e: svc.Conflict):
-    return error(e.message, 409)
+def _execution(execution_id: str) -> WorkflowExecution:
+    return found(svc.get_execution(execution_id), "execution")
 
 
 @bp.get("/workflow-executions/")
 @api_role_required("viewer")
+@validate(tags=TAGS, query=schema.ExecutionListQuery, out=schema.ExecutionList)
 def list_executions():
-    try:
-        limit = min(int(request.args.get("limit", 50)), 500)
-        offset = max(int(request.args.get("offset", 0)), 0)
-        pipeline = int(request.args["pipeline"]) if request.args.get("pipeline") else None
-    except ValueError:
-        return error("limit, offset and pipeline must be whole numbers", 400,
-                     {"query": "limit, offset and pipeline must be whole numbers"})
-    rows = svc.list_executions(pipeline, request.args.get("status") or None, limit, offset)
+    """List executions (filters: pipeline, status, limit, offset)"""
+    q = query()
+    rows = svc.list_executions(q.pipeline, q.status or None, q.limit, q.offset)
     bypassed = run_summary.bypassed_counts(e.id for e in rows)
     return jsonify({"results": [execution_json(e, bypassed=bypassed.get(e.id, 0)) for e in rows],
-                    "limit": limit, "offset": offset})
+                    "limit": q.limit, "offset": q.offset})
 
 
 @bp.post("/workflow-executions/")
 @api_role_required("maintainer")
+@validate(tags=TAGS, json=schema.StartExecutionBody, ok=201, out=schema.Execution)
 def start_execution():
-    data = _body()
-    pipeline_id = data.get("pipeline")
-    if not isinstance(pipeline_id, int):
-        raise ValidationError("Name the pipeline to run.", {"pipeline": "a pipeline id is required"})
-    pipeline = pipelines_svc.get_pipeline(pipeline_id)
+    """Start an execution {pipeline, variables, trigger_data, secret_variables}"""
+    data = body()
+    pipeline = pipelines_svc.get_pipeline(data["pipeline"])
     if pipeline is None:
-        return error("pipeline not found", 404, {"pipeline": "no such pipeline"})
-    try:
-        e = svc.start(pipeline, trigger_data=data.get("trigger_data"), variables=data.get("variables"),
-                      user=current_user, trigger_type="api", secret_variables=data.get("secret_variables"))
-    except svc.Conflict as c:
-        return _conflict(c)
+        raise NotFound("pipeline not found", {"pipeline": "no such pipeline"})
+    e = svc.start(pipeline, trigger_data=data.get("trigger_data"), variables=data.get("variables"),
+                  user=current_user, trigger_type="api", secret_variables=data.get("secret_variables"))
     return jsonify(execution_json(e, full=True)), 201
 
 
 @bp.get("/workflow-executions/<execution_id>/")
 @api_role_required("viewer")
+@validate(tags=TAGS, out=schema.Execution)
 def get_execution(execution_id: str):
-    e, err = _execution_or_404(execution_id)
-    return err or jsonify(execution_json(e, full=True))
+    """An execution with its step results"""
+    return jsonify(execution_json(_execution(execution_id), full=True))
 
 
 @bp.post("/workflow-executions/<execution_id>/cancel/")
 @api_role_required("maintainer")
+@validate(tags=TAGS, out=schema.Execution)
 def cancel_execution(execution_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
-    try:
-        e = svc.cancel(e, current_user)
-    except svc.Conflict as c:
-        return _conflict(c)
-    return jsonify(execution_json(e))
+    """Cancel a running execution"""
+    return jsonify(execution_json(svc.cancel(_execution(execution_id), current_user)))
 
 
 @bp.get("/workflow-executions/<execution_id>/recovery-info/")
 @api_role_required("viewer")
+@validate(tags=TAGS, out=schema.RecoveryInfo)
 def recovery_info(execution_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
+    """What a resume would keep and re-run"""
+    e = _execution(execution_id)
     results = svc.step_results(e.id)
     return jsonify({
         "execution_id": e.execution_id, "status": e.status,
@@ -155,17 +130,14 @@ def recovery_info(execution_id: str):
 
 @bp.post("/pipelines/executions/<execution_id>/resume/")
 @api_role_required("maintainer")
+@validate(tags=TAGS, json=schema.ResumeBody, ok=201, out=schema.DefinitionUsed)
 def resume_execution(execution_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
-    data = _body()
-    try:
-        child = svc.resume(e, from_step=data.get("from_step"), user=current_user, variables=data.get("variables"),
-                           use_current_definition=bool(data.get("use_current_definition", True)),
-                           definition=data.get("definition"))
-    except svc.Conflict as c:
-        return _conflict(c)
+    """Resume into a new linked execution {from_step, variables, definition}; the response names the definition_version it runs"""
+    e = _execution(execution_id)
+    data = body()
+    child = svc.resume(e, from_step=data.get("from_step"), user=current_user, variables=data.get("variables"),
+                       use_current_definition=bool(data.get("use_current_definition", True)),
+                       definition=data.get("definition"))
     return jsonify({**execution_json(child, full=True), **_definition_used(e, child)}), 201
 
 
@@ -177,11 +149,11 @@ def _definition_used(e: WorkflowExecution, ran: WorkflowExecution) -> dict:
 
 @bp.get("/pipelines/executions/<execution_id>/steps/")
 @api_role_required("viewer")
+@validate(tags=TAGS, query=schema.ExecutionStepsQuery, out=schema.ExecutionSteps)
 def execution_steps(execution_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
-    with_logs = request.args.get("logs", "1") != "0"
+    """Steps of an execution with every attempt (logs=false leaves the logs out)"""
+    e = _execution(execution_id)
+    with_logs = query().logs
     by_step: dict[int, list] = {}
     for a in svc.attempts_of(e.id):
         by_step.setdefault(a.step_id, []).append(attempt_json(a, with_logs))
@@ -195,83 +167,47 @@ def execution_steps(execution_id: str):
 
 @bp.post("/pipelines/executions/<execution_id>/steps/<step_id>/retry/")
 @api_role_required("maintainer")
+@validate(tags=TAGS, json=schema.RetryBody, out=schema.RetryResult, HTTP_201=schema.RetryResult)
 def retry_step(execution_id: str, step_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
-    try:
-        ran = svc.retry_step(e, step_id, current_user, definition=_body().get("definition"))
-    except svc.Conflict as c:
-        return _conflict(c)
-    new = ran.id != e.id  # "current": a new execution runs the step with the current definition
+    """Re-run a failed step and its downstream: in place with the definition the execution ran (definition: original, default; 200), or in a new linked execution with the pipeline's current definition (definition: current; 201)"""
+    e = _execution(execution_id)
+    ran = svc.retry_step(e, step_id, current_user, definition=body().get("definition"))
+    new = ran.id != e.id
     return jsonify({**execution_json(ran), **_definition_used(e, ran), "new_execution": new}), 201 if new else 200
 
 
 @bp.post("/pipelines/executions/<execution_id>/steps/<step_id>/bypass/")
 @api_role_required("maintainer")
+@validate(tags=TAGS, json=schema.BypassBody, out=schema.Execution)
 def bypass_step(execution_id: str, step_id: str):
-    e, err = _execution_or_404(execution_id)
-    if err:
-        return err
-    try:
-        e = svc.bypass_step(e, step_id, str(_body().get("reason", "")), current_user)
-    except svc.Conflict as c:
-        return _conflict(c)
+    """Mark a failed step skipped {reason}"""
+    e = svc.bypass_step(_execution(execution_id), step_id, body().get("reason", ""), current_user)
     return jsonify(execution_json(e))
 
 
 @bp.get("/step-execution-history/")
 @api_role_required("viewer")
+@validate(tags=TAGS, query=schema.HistoryQuery, out=schema.AttemptList)
 def history():
-    q = db.select(StepExecutionHistory).order_by(StepExecutionHistory.id.desc())
-    args = request.args
-    try:
-        if args.get("execution"):
-            e = svc.get_execution(args["execution"])
-            q = q.where(StepExecutionHistory.execution_id == (e.id if e else -1))
-        if args.get("step"):
-            q = q.where(StepExecutionHistory.step_id == int(args["step"]))
-        if args.get("pipeline"):
-            q = q.join(WorkflowExecution).where(WorkflowExecution.pipeline_id == int(args["pipeline"]))
-        limit = min(int(args.get("limit", 100)), 1000)
-    except ValueError:
-        return error("step, pipeline and limit must be whole numbers", 400, {"query": "not a number"})
-    if args.get("status"):
-        q = q.where(StepExecutionHistory.status == args["status"])
-    rows = db.session.execute(q.limit(limit)).scalars()
+    """Attempts, newest first (filters: execution, step, pipeline, status; limit, offset)"""
+    q = query()
+    stmt = db.select(StepExecutionHistory).order_by(StepExecutionHistory.id.desc())
+    if q.execution:
+        e = svc.get_execution(q.execution)
+        stmt = stmt.where(StepExecutionHistory.execution_id == (e.id if e else -1))
+    if q.step is not None:
+        stmt = stmt.where(StepExecutionHistory.step_id == q.step)
+    if q.pipeline is not None:
+        stmt = stmt.join(WorkflowExecution).where(WorkflowExecution.pipeline_id == q.pipeline)
+    if q.status:
+        stmt = stmt.where(StepExecutionHistory.status == q.status)
+    rows = db.session.execute(stmt.limit(q.limit).offset(q.offset)).scalars()
     return jsonify({"results": [attempt_json(a, with_logs=False) for a in rows]})
 
 
-@bp.get("/step-execution-history/<int:attempt_id>/")
+@bp.get("/step-execution-history/<id:attempt_id>/")
 @api_role_required("viewer")
+@validate(tags=TAGS, out=schema.Attempt)
 def history_item(attempt_id: int):
-    a = db.session.get(StepExecutionHistory, attempt_id)
-    return jsonify(attempt_json(a)) if a else error("attempt not found", 404)
-
-
-for path, method, summary, body, ok in [
-    ("/api/v1/workflow-executions/", "get", "List executions (filters: pipeline, status, limit, offset)", None, 200),
-    ("/api/v1/workflow-executions/", "post", "Start an execution {pipeline, variables, trigger_data, secret_variables}", "StartExecution", 201),
-    ("/api/v1/workflow-executions/{execution_id}/", "get", "An execution with its step results", None, 200),
-    ("/api/v1/workflow-executions/{execution_id}/cancel/", "post", "Cancel a running execution", None, 200),
-    ("/api/v1/workflow-executions/{execution_id}/recovery-info/", "get", "What a resume would keep and re-run", None, 200),
-    ("/api/v1/pipelines/executions/{execution_id}/resume/", "post", "Resume into a new linked execution {from_step, variables, definition}; the response names the definition_version it runs", "Resume", 201),
-    ("/api/v1/pipelines/executions/{execution_id}/steps/", "get", "Steps of an execution with every attempt", None, 200),
-    ("/api/v1/pipelines/executions/{execution_id}/steps/{step_id}/retry/", "post", "Re-run a failed step and its downstream: in place with the definition the execution ran (definition: original, default), or in a new linked execution with the pipeline's current definition (definition: current; 201); the response names the definition_version", None, 200),
-    ("/api/v1/pipelines/executions/{execution_id}/steps/{step_id}/bypass/", "post", "Mark a failed step skipped {reason}", "Bypass", 200),
-    ("/api/v1/step-execution-history/", "get", "Attempts (filters: execution, step, pipeline, status)", None, 200),
-    ("/api/v1/step-execution-history/{id}/", "get", "One attempt with its logs", None, 200),
-]:
-    op = _op(summary, body=body, ok=ok, tags=["executions"])
-    op["responses"]["404"] = {"description": "Not found"}
-    if method == "post":
-        op["responses"]["409"] = {"description": "Not allowed in the current state"}
-    if path.endswith(("/retry/", "/resume/")):
-        choice = {"type": "string", "enum": list(svc.DEFINITIONS)}
-        props = {"definition": choice} if path.endswith("/retry/") else {
-            "from_step": {"type": "string"}, "variables": {"type": "object"}, "definition": choice,
-            "use_current_definition": {"type": "boolean", "description": "older spelling of definition"}}
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": props}}}}
-        if path.endswith("/retry/"):
-            op["responses"]["201"] = {"description": "A new execution runs the current definition"}
-    register(path, method, op)
+    """One attempt with its logs"""
+    return jsonify(attempt_json(found(db.session.get(StepExecutionHistory, attempt_id), "attempt")))

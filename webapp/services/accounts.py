@@ -10,18 +10,14 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
 from ..models import ROLES, User
+from .errors import ValidationError as _ServiceValidationError
 
 USERNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{2,64}$")
 MIN_PASSWORD = 8
 
 
-class ValidationError(ValueError):
-    """Bad input: `fields` maps each field to a message for the form or the JSON error."""
-
-    def __init__(self, message: str, fields: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.fields = fields or {}
+class ValidationError(_ServiceValidationError):
+    """Bad input: `fields` maps each field to a message for the form or the JSON error (HTTP 422)."""
 
 
 def validate_user(username: str, password: str, role: str, email: str = "") -> dict[str, str]:

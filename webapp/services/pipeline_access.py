@@ -29,6 +29,7 @@ RULES_MESSAGE = ("Only the pipeline's owner or an admin may change its approval 
 
 class Forbidden(ValidationError):
     """The signed-in user may not make this change. HTTP 403; nothing was saved."""
+    status = 403
 
 
 def acting_user() -> Any:
