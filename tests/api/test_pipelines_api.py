@@ -98,8 +98,9 @@ def test_advanced_config(api, pipeline):
     version = db.session.get(Pipeline, pipeline.id).version
     is_error(api.put(url, json={"retry_policy": {"max_retries": 99, "backoff": "sometimes"}}), 422,
              "retry_policy.max_retries", "retry_policy.backoff")
-    is_error(api.put(url, json={"dependencies": [12345], "parallel_group": "nope", "colour": 1}), 422,
-             "dependencies", "parallel_group", "colour")
+    is_error(api.put(url, json={"dependencies": [12345], "parallel_group": "nope", "colour": 1}), 422, "colour")
+    is_error(api.put(url, json={"dependencies": [12345], "parallel_group": "nope"}), 422,
+             "dependencies", "parallel_group")
     is_error(api.put(url, json={"conditions": {"type": "expression", "expression": "1 +"}}), 422, "conditions.expression")
     is_error(api.put(url, json={"approval_required": True, "approval_users": ["a"],
                                 "approval_config": {"required_approvals": 3}}), 422, "approval_config.required_approvals")

@@ -177,7 +177,7 @@ def test_the_api_shows_the_context_and_requires_confirm_failures(api_as, failed_
     resp = api.post(url, json={"action": "approve"})
     assert resp.status_code == 422 and "Confirm that you have seen it" in resp.json["fields"]["confirm_failures"]
     bad = api.post(url, json={"action": "approve", "confirm_failures": "yes"})
-    assert bad.status_code == 422 and bad.json["fields"]["confirm_failures"] == "confirm_failures must be true or false."
+    assert bad.status_code == 422 and bad.json["fields"]["confirm_failures"] == "must be true or false"
     step_url = f"/api/v1/pipelines/executions/{req.execution.execution_id}/steps/{req.step_id}/approve/"
     assert api.post(step_url, json={"approved": True}).status_code == 422
     assert db.session.query(ApprovalDecision).count() == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 from webapp.runners import lifetime
 
@@ -63,5 +64,13 @@ def test_exact_cookie_is_not_a_prefix_match():
 
 
 def test_sweep_without_children_reads_nothing():
-    assert not lifetime.has_children()
-    assert lifetime.sweep("anything") == 0
+    # In a fresh process: the suite's own process has children (Redis, workers) by design.
+    probe = ("from webapp.runners import lifetime\n"
+             "assert not lifetime.has_children()\n"
+             "assert lifetime.sweep('anything') == 0\n"
+             "import subprocess; p = subprocess.Popen(['true']); p.wait()\n"
+             "assert not lifetime.has_children()\n"
+             "z = subprocess.Popen(['true']); import os; os.waitid(os.P_PID, z.pid, os.WEXITED | os.WNOWAIT)\n"
+             "assert lifetime.has_children()\n")
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))

@@ -12,9 +12,7 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from ..services import approvals as approvals_svc
-from ..services import executions as executions_svc
-from ..services.errors import ServiceError
+from ..services.errors import ServiceError, ValidationError
 
 log = logging.getLogger("webapp.api")
 
@@ -22,14 +20,6 @@ MAX_JSON_DEPTH = 64
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _DEPTH = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
-# Service errors that predate ServiceError (their owners should make them subclasses with a
-# `status`; until then this table gives them theirs).
-LEGACY_STATUS = {
-    executions_svc.Conflict: 409,
-    approvals_svc.Conflict: 409,
-    approvals_svc.Forbidden: 403,
-    approvals_svc.NotFound: 404,
-}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -54,9 +44,11 @@ def parse_json_body() -> None:
     if json_depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
     try:
-        request.get_json()
+        parsed = request.get_json()
     except BadRequest:
         raise BadRequest("The body is not valid JSON.") from None
+    if not isinstance(parsed, dict):  # every body is an object; spectree would read [] or 0 as {}
+        raise ValidationError("Invalid input: fix the fields below.", {"body": "expected a JSON object"})
 
 
 def request_id() -> str:
@@ -93,9 +85,6 @@ def server_error(e: Exception):
 def any_error(e: Exception):
     if isinstance(e, HTTPException):
         return http_error(e)
-    for cls, status in LEGACY_STATUS.items():
-        if isinstance(e, cls):
-            return body(getattr(e, "message", str(e)), status, getattr(e, "fields", None))
     return server_error(e)
 
 

@@ -24,10 +24,31 @@ ERRORS = {
     "HTTP_403": "Role too low, or not yours to change",
     "HTTP_404": "Unknown route, or no such object (ids are 1..2**63-1)",
     "HTTP_405": "Method not allowed",
+    "HTTP_409": "The object changed meanwhile, or its state forbids this (already decided, still running...)",
     "HTTP_413": "Body over ANSFLOW_MAX_BODY_BYTES",
     "HTTP_422": "Invalid input: fields names each problem",
     "HTTP_500": "Server error: the body names a request id",
 }
+
+
+# pydantic's wording for the mistakes clients make most, said as a person would
+_MESSAGES = {
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+}
+
+
+def message(error: dict) -> str:
+    return _MESSAGES.get(error["type"]) or error["msg"]
 
 
 def field_path(loc: tuple) -> str:
@@ -49,8 +70,7 @@ def _refuse(req, resp, err, *_rest) -> None:
         if e["type"] == "model_type" or (not loc and e["type"].endswith("_type")):
             fields["body"] = "expected a JSON object"
             continue
-        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        fields.setdefault(field_path(loc), message)
+        fields.setdefault(field_path(loc), message(e))
     raise ValidationError("Invalid input: fix the fields below.", fields)
 
 
@@ -87,7 +107,9 @@ def document() -> dict[str, Any]:
         if rename:
             path = path.replace("{%s}" % rename, "{id}", 1)
         paths[path] = ops
-        for op in ops.values():
+        for method, op in ops.items():
+            if method == "get":
+                op["responses"].pop("409", None)  # reads never conflict
             for param in op.get("parameters", []):
                 if param["in"] != "path":
                     continue

@@ -37,7 +37,7 @@ from ..models import (
     ApprovalDecision, ApprovalRequest, Pipeline, PipelineStep, StepExecutionHistory, User, WorkflowExecution,
     utcnow,
 )
-from . import pipeline_access
+from . import errors, pipeline_access
 from .accounts import ValidationError
 from .approval_context import approval_context, failed_steps
 
@@ -53,20 +53,12 @@ FINISHED_EXECUTION = ("success", "failed", "cancelled")
 _EARLY_MARGIN = timedelta(seconds=1)
 
 
-class Conflict(Exception):
-    """The request cannot take this decision any more (already decided, replayed, execution over). HTTP 409."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class Conflict(errors.Conflict):
+    """The request cannot take this decision any more (already decided, replayed, execution over)."""
 
 
-class Forbidden(Exception):
-    """This user may not decide this request. HTTP 403."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class Forbidden(errors.Forbidden):
+    """This user may not decide this request."""
 
 
 class NeedsConfirmation(ValidationError):
@@ -83,10 +75,8 @@ class NeedsConfirmation(ValidationError):
         self.failed = failed
 
 
-class NotFound(LookupError):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class NotFound(errors.NotFound, LookupError):
+    pass
 
 
 # ---------------------------------------------------------------- who may decide

@@ -30,7 +30,7 @@ from ..models.snapshots import (
 )
 from ..queues import CONTROL, enqueue, enqueue_steps, request_stop, step_job_id
 from .accounts import ValidationError
-from . import run_summary
+from . import errors, run_summary
 from . import secrets_store
 from . import step_sql as sql
 from .pipelines import freeze
@@ -43,12 +43,8 @@ SECRET_NAME = re.compile(r"(secret|token|password|passwd|api_?key|private)", re.
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-class Conflict(Exception):
-    """The request is valid but the current state forbids it (HTTP 409)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class Conflict(errors.Conflict):
+    """The request is valid but the current state forbids it."""
 
 
 # ------------------------------------------------------------------ starting

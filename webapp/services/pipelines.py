@@ -564,7 +564,8 @@ REFUSED = "Nothing was saved: fix the fields below."
 
 
 class StaleVersion(ValidationError):
-    """The pipeline changed since the form was opened."""
+    """The pipeline changed since the form was opened (HTTP 409: the client must re-read)."""
+    status = 409
 
 
 def _check_version(pipeline: Pipeline, expected_version: int | None) -> None:
