@@ -10,6 +10,7 @@ machine runs (the test ids name them):
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -43,6 +44,20 @@ def app_settings(app_settings, request):
     return {**app_settings, "WORKSPACE_ROOT": str(workspaces)}
 
 
+@pytest.fixture
+def marker(request):
+    """A `sleep` argument unique to this test run: a sleep this test leaves behind (the retry's own,
+    still running when the workers are stopped) must not be counted by a later run on this machine
+    (CI runs the suite twice), and is killed at teardown."""
+    made = f"1031.{secrets.randbelow(10**6):06d}"
+    yield made
+    for pid in _with_marker(made):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _levels():
     if "bwrap" not in LEVELS:
         # `make test` installs bubblewrap: without it the strongest promise would go untested
@@ -59,7 +74,7 @@ def _with_marker(marker: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                if f.read().startswith(b"sleep\x00" + marker.encode()):
+                if f.read() == b"sleep\x00" + marker.encode() + b"\x00":
                     with open(f"/proc/{name}/stat") as st:
                         if st.read().rsplit(")", 1)[1].split()[0] != "Z":
                             found.append(int(name))
@@ -76,10 +91,9 @@ def _step_shells(execution_id: str) -> list[int]:
 
 
 @pytest.mark.parametrize("level", sandbox.available(ROOT / "probe"))
-def test_kill_9_of_the_worker_never_lets_a_retry_run_beside_its_orphan(app, workers, level):
-    levels = _levels()
+def test_kill_9_of_the_worker_never_lets_a_retry_run_beside_its_orphan(app, workers, level, marker):
+    _levels()
     (first,) = workers(1, env={"ANSFLOW_STEP_ISOLATION": level})
-    marker = f"1031.{levels.index(level) + 1}"
     p = make_pipeline([{"name": "long", "parameters": {"command": f"setsid sleep {marker} & sleep {marker}; true"},
                         "retry_policy": {"max_retries": 1, "delay_seconds": 0, "retry_on": ["error"]}}])
     e = run(p)
@@ -109,10 +123,9 @@ def test_kill_9_of_the_worker_never_lets_a_retry_run_beside_its_orphan(app, work
 
 
 @pytest.mark.parametrize("level", sandbox.available(ROOT / "probe"))
-def test_nothing_a_step_started_outlives_the_step(app, workers, level):
-    levels = _levels()
+def test_nothing_a_step_started_outlives_the_step(app, workers, level, marker):
+    _levels()
     workers(1, env={"ANSFLOW_STEP_ISOLATION": level})
-    marker = f"1047.{levels.index(level) + 1}"
     p = make_pipeline([{"name": "escapes", "parameters": {
         "command": f"setsid sleep {marker} & (sleep {marker} &) ; nohup sleep {marker} >/dev/null 2>&1 &"
                    f" (setsid bash -c 'sleep {marker} & sleep {marker}' &) ; echo started"}}])
